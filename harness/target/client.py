@@ -1,0 +1,270 @@
+"""Async OpenAI-compatible client for one target, returning typed, complete results.
+
+Speaks `/v1/completions` and `/v1/chat/completions`, streaming (SSE) and not, and asks for
+token ids, top logprobs keyed by token id and cached-token counts. A failed request is a result
+with `ok=False` and its status and error body, never an exception: the driver records it.
+A cached-token count that the server did not report is `None` (unknown), never 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from httpx_sse import aconnect_sse
+
+Endpoint = Literal["completions", "chat"]
+_TOKEN_ID_RE = re.compile(r"^token_id:(-?\d+)$")
+
+
+@dataclass
+class GenerationRequest:
+    """One request as the harness means it; `body()` renders the wire JSON."""
+
+    endpoint: Endpoint
+    model: str
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    max_tokens: int = 16
+    temperature: float = 0.0
+    seed: int | None = None
+    top_logprobs: int = 5
+    stream: bool = False
+    cache_salt: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return "/v1/completions" if self.endpoint == "completions" else "/v1/chat/completions"
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stream": self.stream,
+            "return_tokens_as_token_ids": True,
+            "return_token_ids": True,
+        }
+        if self.endpoint == "completions":
+            body["prompt"] = self.prompt
+            if self.top_logprobs:
+                body["logprobs"] = self.top_logprobs
+        else:
+            body["messages"] = self.messages
+            if self.top_logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = self.top_logprobs
+        if self.seed is not None:
+            body["seed"] = self.seed
+        if self.stream:
+            body["stream_options"] = {"include_usage": True}
+        if self.cache_salt is not None:
+            body["cache_salt"] = self.cache_salt
+        body.update(self.extra)
+        return body
+
+
+@dataclass
+class GenerationResult:
+    """What the target returned for one request, normalised across endpoints and streaming."""
+
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+    output_token_ids: list[int] = field(default_factory=list)
+    output_text: str = ""
+    prompt_token_ids: list[int] | None = None
+    token_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    cached_tokens: int | None = None
+    prompt_tokens: int | None = None
+    ttft_s: float | None = None
+    latency_s: float | None = None
+    finish_reason: str | None = None
+
+
+def _token_id(token: str) -> int | None:
+    m = _TOKEN_ID_RE.match(token)
+    return int(m.group(1)) if m else None
+
+
+class _Accumulator:
+    """Folds one response (or a stream of chunks) into a GenerationResult."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.result = GenerationResult(ok=True)
+        self._ids_from_logprobs: list[int] = []
+        self._ids_from_field: list[int] | None = None
+
+    def add(self, payload: dict[str, Any]) -> None:
+        r = self.result
+        if payload.get("prompt_token_ids") is not None:
+            r.prompt_token_ids = list(payload["prompt_token_ids"])
+        usage = payload.get("usage")
+        if usage:
+            r.prompt_tokens = usage.get("prompt_tokens", r.prompt_tokens)
+            details = usage.get("prompt_tokens_details") or {}
+            if details.get("cached_tokens") is not None:
+                r.cached_tokens = int(details["cached_tokens"])
+        for choice in payload.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            if self.endpoint == "completions":
+                r.output_text += choice.get("text") or ""
+            else:
+                part = choice.get("message") or choice.get("delta") or {}
+                r.output_text += part.get("content") or ""
+            if choice.get("prompt_token_ids") is not None:
+                r.prompt_token_ids = list(choice["prompt_token_ids"])
+            if choice.get("token_ids") is not None:
+                self._ids_from_field = (self._ids_from_field or []) + list(choice["token_ids"])
+            self._add_logprobs(choice.get("logprobs"))
+            if choice.get("finish_reason"):
+                r.finish_reason = choice["finish_reason"]
+
+    def _add_logprobs(self, lp: dict[str, Any] | None) -> None:
+        if not lp:
+            return
+        r = self.result
+        if self.endpoint == "completions":
+            tokens = lp.get("tokens") or []
+            for i, tok in enumerate(tokens):
+                tid = _token_id(tok)
+                if tid is not None:
+                    self._ids_from_logprobs.append(tid)
+                logprobs = lp.get("token_logprobs") or []
+                r.token_logprobs.append(float(logprobs[i]) if i < len(logprobs) and logprobs[i] is not None else float("nan"))
+                tops = (lp.get("top_logprobs") or [])
+                top = tops[i] if i < len(tops) and tops[i] else {}
+                r.top_logprobs.append({t: float(v) for k, v in top.items() if (t := _token_id(k)) is not None})
+        else:
+            for entry in lp.get("content") or []:
+                tid = _token_id(entry.get("token", ""))
+                if tid is not None:
+                    self._ids_from_logprobs.append(tid)
+                r.token_logprobs.append(float(entry.get("logprob", float("nan"))))
+                r.top_logprobs.append(
+                    {t: float(e["logprob"]) for e in entry.get("top_logprobs") or [] if (t := _token_id(e.get("token", ""))) is not None}
+                )
+
+    def finish(self) -> GenerationResult:
+        r = self.result
+        r.output_token_ids = self._ids_from_field if self._ids_from_field is not None else self._ids_from_logprobs
+        return r
+
+
+class TargetClient:
+    """An httpx-based async client for one OpenAI-compatible base URL."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 60.0,
+        api_key: str | None = None,
+        max_connections: int = 512,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            headers=headers,
+            limits=limits,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> "TargetClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def generate(self, req: GenerationRequest) -> GenerationResult:
+        """Send one request; every failure comes back as a result with ok=False."""
+        acc = _Accumulator(req.endpoint)
+        start = time.perf_counter()
+        try:
+            if req.stream:
+                await self._generate_stream(req, acc, start)
+            else:
+                resp = await self._http.post(req.path, json=req.body())
+                acc.result.status = resp.status_code
+                if resp.status_code != 200:
+                    return _failed(resp.status_code, resp.text, start)
+                acc.add(resp.json())
+        except (httpx.HTTPError, json.JSONDecodeError, ValueError) as exc:
+            return _failed(acc.result.status, f"{type(exc).__name__}: {exc}", start)
+        result = acc.finish()
+        result.latency_s = time.perf_counter() - start
+        if not result.output_token_ids and result.finish_reason is None:
+            result.ok = False
+            result.error = result.error or "response carried no choice"
+        return result
+
+    async def _generate_stream(self, req: GenerationRequest, acc: _Accumulator, start: float) -> None:
+        async with aconnect_sse(self._http, "POST", req.path, json=req.body()) as source:
+            resp = source.response
+            acc.result.status = resp.status_code
+            if resp.status_code != 200:
+                body = (await resp.aread()).decode(errors="replace")
+                raise httpx.HTTPStatusError(f"HTTP {resp.status_code}: {body}", request=resp.request, response=resp)
+            done = False
+            async for event in source.aiter_sse():
+                if event.data.strip() == "[DONE]":
+                    done = True
+                    break
+                payload = json.loads(event.data)
+                if "error" in payload and not payload.get("choices"):
+                    raise ValueError(f"error event in stream: {event.data[:500]}")
+                if acc.result.ttft_s is None and any(
+                    (c.get("text") or (c.get("delta") or {}).get("content") or c.get("token_ids"))
+                    for c in payload.get("choices") or []
+                ):
+                    acc.result.ttft_s = time.perf_counter() - start
+                acc.add(payload)
+            if not done:
+                raise httpx.RemoteProtocolError("stream ended without [DONE]")
+
+    # --- server-level endpoints -------------------------------------------------------------
+
+    async def get_json(self, path: str) -> Any:
+        resp = await self._http.get(path)
+        resp.raise_for_status()
+        return resp.json()
+
+    async def get_text(self, path: str) -> str:
+        resp = await self._http.get(path)
+        resp.raise_for_status()
+        return resp.text
+
+    async def models(self) -> list[str]:
+        data = await self.get_json("/v1/models")
+        return [m["id"] for m in data.get("data", [])]
+
+    async def model_entries(self) -> list[dict[str, Any]]:
+        data = await self.get_json("/v1/models")
+        return list(data.get("data", []))
+
+    async def reset_prefix_cache(self) -> bool:
+        """Ask the server to drop its prefix cache; True when it said yes."""
+        try:
+            resp = await self._http.post("/reset_prefix_cache")
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
+
+
+def _failed(status: int | None, error: str, start: float) -> GenerationResult:
+    return GenerationResult(ok=False, status=status, error=error[:2000], latency_s=time.perf_counter() - start)

@@ -1,0 +1,192 @@
+"""Launch the embedded default server: vLLM with prefix caching on the tiny local model.
+
+The server runs as a subprocess in its own process group on a loopback port, with prefix
+caching, cached-token details, the cache reset endpoint, block size 32 and both LoRA adapters.
+`EmbeddedServer` waits for health with a timeout, streams the log to a file, raises
+`LaunchError` quoting the log tail when the server exits early or never gets healthy, and kills
+the whole process group on exit (also on Ctrl-C, a failed test, or interpreter exit).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+SERVED_MODEL_NAME = "tiny-llama"
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+
+
+class LaunchError(RuntimeError):
+    """The embedded server could not be started or died; the message quotes its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class EmbeddedServer:
+    """The embedded vLLM server; use as a context manager or call start()/stop()."""
+
+    model_dir: Path | None = None
+    port: int | None = None
+    log_path: Path | None = None
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    extra_args: list[str] = field(default_factory=list)
+    python: str = sys.executable
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    base_url: str = field(default="", init=False)
+    startup_s: float | None = field(default=None, init=False)
+
+    def command(self, model_dir: Path, port: int) -> list[str]:
+        from harness.target.embedded_model import adapter_dirs
+
+        adapters = [f"{name}={path}" for name, path in adapter_dirs(model_dir).items()]
+        return [
+            self.python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model_dir),
+            "--served-model-name", SERVED_MODEL_NAME,
+            "--host", "127.0.0.1", "--port", str(port),
+            "--dtype", "float32",
+            "--max-model-len", "2048",
+            "--enable-prefix-caching",
+            "--enable-prompt-tokens-details",
+            "--block-size", "32",
+            "--gpu-memory-utilization", "0.3",
+            "--kv-cache-memory-bytes", str(1 << 30),
+            "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
+            "--lora-modules", *adapters,
+            *self.extra_args,
+        ]
+
+    def start(self) -> str:
+        if self.model_dir is None:
+            from harness.target.embedded_model import build
+
+            self.model_dir = build()
+        if not Path(self.model_dir).is_dir():
+            raise LaunchError(f"model folder does not exist: {self.model_dir}")
+        if self.port is None:
+            self.port = free_port()
+        elif port_in_use(self.port):
+            raise LaunchError(f"port {self.port} on 127.0.0.1 is already in use; pick another with --port")
+        if self.log_path is None:
+            self.log_path = Path(".cache") / "logs" / f"vllm-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", PYTHONUNBUFFERED="1")
+        env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.command(Path(self.model_dir), self.port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        atexit.register(self.stop)
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        t0 = time.monotonic()
+        try:
+            self._wait_healthy(t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - t0
+        return self.base_url
+
+    def _wait_healthy(self, t0: float) -> None:
+        assert self.proc is not None and self.log_path is not None
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise LaunchError(
+                    f"embedded vLLM exited with code {code} during start-up; log {self.log_path}:\n"
+                    f"{tail(self.log_path)}"
+                )
+            try:
+                if httpx.get(self.base_url + "/health", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - t0 > self.startup_timeout_s:
+                raise LaunchError(
+                    f"embedded vLLM not healthy after {self.startup_timeout_s:.0f} s; log {self.log_path}:\n"
+                    f"{tail(self.log_path)}"
+                )
+            time.sleep(0.5)  # readiness polling of an external process, not test synchronisation
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        """Raise LaunchError with the log tail if the server has died."""
+        if self.proc is not None and self.proc.poll() is not None and self.log_path is not None:
+            raise LaunchError(
+                f"embedded vLLM died (exit code {self.proc.returncode}); log {self.log_path}:\n{tail(self.log_path)}"
+            )
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Terminate the whole process group; SIGKILL whatever outlives the grace period."""
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            pgid = os.getpgid(proc.pid)
+        except ProcessLookupError:
+            pgid = None
+        if pgid is not None:
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(pgid, signal.SIGKILL)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> "EmbeddedServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
