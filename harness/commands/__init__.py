@@ -1,3 +1,5 @@
 """Subcommands of the `harness` CLI; importing this package registers them all."""
 
 from harness.commands import serve  # noqa: F401
+from harness.commands import probe  # noqa: F401
+from harness.commands import run  # noqa: F401

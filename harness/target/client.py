@@ -36,6 +36,7 @@ class GenerationRequest:
     stream: bool = False
     cache_salt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def path(self) -> str:
@@ -199,7 +200,7 @@ class TargetClient:
             if req.stream:
                 await self._generate_stream(req, acc, start)
             else:
-                resp = await self._http.post(req.path, json=req.body())
+                resp = await self._http.post(req.path, json=req.body(), headers=req.headers)
                 acc.result.status = resp.status_code
                 if resp.status_code != 200:
                     return _failed(resp.status_code, resp.text, start)
@@ -214,7 +215,7 @@ class TargetClient:
         return result
 
     async def _generate_stream(self, req: GenerationRequest, acc: _Accumulator, start: float) -> None:
-        async with aconnect_sse(self._http, "POST", req.path, json=req.body()) as source:
+        async with aconnect_sse(self._http, "POST", req.path, json=req.body(), headers=req.headers) as source:
             resp = source.response
             acc.result.status = resp.status_code
             if resp.status_code != 200:

@@ -1,0 +1,87 @@
+"""The two output properties, each comparing a conversation against a reference run.
+
+- `counterfactual-isolation` (the mission's property): a user whose own content was held fixed
+  gets the same tokens when every other user's private content is re-drawn.
+- `cache-transparency`: each conversation replayed alone with no cache reuse gives the same
+  tokens as in the busy run.
+A conversation is compared turn by turn up to its first divergence; later turns have different
+prompts and are not comparable. Near-tie drift is counted apart from violations.
+"""
+
+from __future__ import annotations
+
+from harness.checks.base import CheckContext, check
+from harness.checks.compare import compare_tokens
+from harness.history.record import History, Operation
+from harness.verdict import CheckResult, Verdict, Violation
+
+
+def _compare_conversations(
+    name: str, scenario: str, ref_run: str, ref_ops: list[Operation], obs_run: str, obs_ops: list[Operation],
+    users: set[str], ctx: CheckContext, result: CheckResult,
+) -> None:
+    ref = History.conversations(ref_ops)
+    obs = History.conversations(obs_ops)
+    for user in sorted(users):
+        for r, o in zip(ref.get(user, []), obs.get(user, [])):
+            if not (r.ok and o.ok):
+                result.notes.append(f"{scenario}/{user} turn {r.turn}: not compared (a request failed)")
+                break
+            cmp = compare_tokens(r, o, ctx.tolerance)
+            result.exercised += 1
+            if cmp.outcome == "equal":
+                continue
+            if cmp.outcome == "drift":
+                result.drift += 1
+            else:
+                result.violations.append(Violation(
+                    check=name, scenario=scenario, users=[user], op_ids=[r.op_id, o.op_id],
+                    message=(f"user {user!r} turn {r.turn}: {obs_run} output differs from {ref_run} at token "
+                             f"{cmp.position} ({cmp.reference_token} -> {cmp.observed_token}): {cmp.reason}"),
+                    details={"position": cmp.position, "reference_token": cmp.reference_token,
+                             "observed_token": cmp.observed_token, "margin": cmp.margin,
+                             "reference_run": ref_run, "observed_run": obs_run, "turn": r.turn},
+                ))
+            break  # later turns of this conversation have different prompts
+
+
+def _decide(result: CheckResult, what: str) -> CheckResult:
+    if result.violations:
+        result.verdict = Verdict.FAIL
+    elif result.exercised == 0:
+        result.verdict = Verdict.UNKNOWN
+        result.notes.append(f"no {what} could be made")
+    else:
+        result.verdict = Verdict.PASS
+    return result
+
+
+@check("counterfactual-isolation",
+       "a user's outputs do not change when other users' private content is re-drawn (shared prefixes kept)")
+def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
+    result = CheckResult("", Verdict.UNKNOWN)
+    for scenario in history.scenarios():
+        main = history.ops_of(scenario, "main")
+        for info in history.runs:
+            if info.scenario != scenario or not info.run.startswith("cf-"):
+                continue
+            fixed = {u for u, v in info.variants.items() if v == 0}
+            _compare_conversations("counterfactual-isolation", scenario, "main", main, info.run,
+                                   history.ops_of(scenario, info.run), fixed, ctx, result)
+    return _decide(result, "counterfactual comparisons")
+
+
+@check("cache-transparency",
+       "each conversation replayed alone with no cache reuse gives the same tokens as in the busy run")
+def transparency(history: History, ctx: CheckContext) -> CheckResult:
+    result = CheckResult("", Verdict.UNKNOWN)
+    for scenario in history.scenarios():
+        solo = history.run_info(scenario, "solo")
+        if solo is None:
+            continue
+        if solo.isolation == "warm":
+            result.notes.append(f"{scenario}: the target offers neither cache salts nor a cache reset; "
+                                "the solo reference may have run warm")
+        _compare_conversations("cache-transparency", scenario, "solo", history.ops_of(scenario, "solo"), "main",
+                               history.ops_of(scenario, "main"), set(solo.variants), ctx, result)
+    return _decide(result, "solo-replay comparisons")

@@ -1,0 +1,198 @@
+"""Drive one run of a scenario against a target with real concurrency, recording a history.
+
+Turns stay in order within a conversation; across users the schedule decides: `lockstep`
+(everyone's turn k, then k+1), `random` (a seeded order, up to `concurrency` in flight) or
+`burst` (everyone's next turn at once). Every request, failed or not, becomes an Operation.
+A solo replay runs each conversation alone, one request at a time, with no cache reuse: a fresh
+cache salt per request, or a cache reset before each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from harness.history.record import HistoryWriter, Operation, RunInfo
+from harness.scenario.model import Scenario
+from harness.scenario.render import UserPlan, request_seed
+from harness.target.client import GenerationRequest, TargetClient
+
+Isolation = Literal["shared", "salt", "reset", "warm"]
+
+
+class TargetDown(RuntimeError):
+    """The target stopped answering (consecutive connection failures); the run was abandoned."""
+
+
+@dataclass
+class RunSpec:
+    """One run to drive: which scenario, which content plans, how requests are salted."""
+
+    run: str
+    scenario: Scenario
+    plans: list[UserPlan]
+    nonce: str
+    models: dict[str, str]  # user -> model/adapter name to send
+    salts: dict[str, str | None]  # user -> cache salt of its tenant (None: no salt)
+    isolation: Isolation = "shared"
+    note: str = ""
+
+
+@dataclass
+class DriverOptions:
+    max_consecutive_connection_failures: int = 8
+    on_op: Callable[[Operation], None] | None = None
+    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
+
+
+def build_request(spec: RunSpec, plan: UserPlan, turn: int, outputs: list[str], salt: str | None) -> GenerationRequest:
+    """The request for `turn` of a conversation, whose earlier replies are `outputs`."""
+    sc = spec.scenario
+    seed = request_seed(sc, plan.user, turn) if sc.sampling.mode == "seeded" else None
+    temperature = sc.sampling.temperature if sc.sampling.mode == "seeded" else 0.0
+    common = dict(
+        model=spec.models[plan.user],
+        max_tokens=sc.max_tokens,
+        temperature=temperature,
+        seed=seed,
+        top_logprobs=sc.top_logprobs,
+        stream=plan.stream,
+        cache_salt=salt,
+        headers={"X-Harness-User": plan.user, "X-Harness-Tenant": plan.tenant,
+                 "X-Harness-Op": f"{spec.run}/{sc.name}/{plan.user}/{turn}"},
+    )
+    if sc.endpoint == "completions":
+        parts = [plan.system_text]
+        for t in range(turn):
+            parts += [plan.turn_texts[t], outputs[t]]
+        parts.append(plan.turn_texts[turn])
+        return GenerationRequest(endpoint="completions", prompt="".join(parts), **common)  # type: ignore[arg-type]
+    messages = [{"role": "system", "content": plan.system_text.strip()}]
+    for t in range(turn):
+        messages += [{"role": "user", "content": plan.turn_texts[t].strip()},
+                     {"role": "assistant", "content": outputs[t].strip()}]
+    messages.append({"role": "user", "content": plan.turn_texts[turn].strip()})
+    return GenerationRequest(endpoint="chat", messages=messages, **common)  # type: ignore[arg-type]
+
+
+class _Run:
+    def __init__(self, client: TargetClient, spec: RunSpec, history: HistoryWriter, opts: DriverOptions) -> None:
+        self.client, self.spec, self.history, self.opts = client, spec, history, opts
+        self.t0 = time.monotonic()
+        self.outputs: dict[str, list[str]] = {p.user: [] for p in spec.plans}
+        self.failed_users: set[str] = set()
+        self.consecutive_conn_failures = 0
+        self.lock = asyncio.Lock()  # serialises solo replays' reset+request pairs
+
+    async def one(self, plan: UserPlan, turn: int) -> None:
+        spec = self.spec
+        salt = spec.salts.get(plan.user)
+        if spec.isolation == "salt":
+            salt = "solo-" + secrets.token_hex(8)
+        if spec.isolation == "reset":
+            await self.client.reset_prefix_cache()
+        req = build_request(spec, plan, turn, self.outputs[plan.user], salt)
+        invoke = time.monotonic() - self.t0
+        result = await self.client.generate(req)
+        complete = time.monotonic() - self.t0
+        op = Operation.from_result(
+            result,
+            run=spec.run, scenario=spec.scenario.name, op_id=req.headers["X-Harness-Op"],
+            user=plan.user, tenant=plan.tenant, turn=turn, model=req.model, endpoint=req.endpoint,
+            stream=req.stream, cache_salt=salt, request=req.body(), invoke_s=invoke, complete_s=complete,
+        )
+        self.history.append(op)
+        if self.opts.on_op:
+            self.opts.on_op(op)
+        if result.ok:
+            self.consecutive_conn_failures = 0
+            self.outputs[plan.user].append(result.output_text)
+        else:
+            # A conversation cannot continue past a failed turn: its next prompt would be unknown.
+            self.failed_users.add(plan.user)
+            if result.status is None:
+                self.consecutive_conn_failures += 1
+                if self.consecutive_conn_failures >= self.opts.max_consecutive_connection_failures:
+                    raise TargetDown(f"target stopped answering: {result.error}")
+
+    def order(self) -> list[tuple[UserPlan, int]]:
+        sched = self.spec.scenario.schedule
+        plans = self.spec.plans
+        if sched.interleaving in ("lockstep", "burst"):
+            turns = max(len(p.turn_texts) for p in plans)
+            return [(p, t) for t in range(turns) for p in plans if t < len(p.turn_texts)]
+        rng = random.Random(sched.seed)
+        remaining = {p.user: 0 for p in plans}
+        by_user = {p.user: p for p in plans}
+        order: list[tuple[UserPlan, int]] = []
+        while remaining:
+            user = rng.choice(sorted(remaining))
+            order.append((by_user[user], remaining[user]))
+            remaining[user] += 1
+            if remaining[user] >= len(by_user[user].turn_texts):
+                del remaining[user]
+        return order
+
+    async def drive(self) -> None:
+        spec, sched = self.spec, self.spec.scenario.schedule
+        if spec.isolation != "shared":
+            for plan in spec.plans:  # each conversation alone, one request at a time
+                for turn in range(len(plan.turn_texts)):
+                    if plan.user in self.failed_users:
+                        break
+                    await self.one(plan, turn)
+            return
+        limit = len(spec.plans) if sched.interleaving == "burst" else sched.concurrency
+        sem = asyncio.Semaphore(limit)
+        done: dict[tuple[str, int], asyncio.Event] = {
+            (p.user, t): asyncio.Event() for p in spec.plans for t in range(len(p.turn_texts))
+        }
+        turn_done: dict[int, list[asyncio.Event]] = {}
+        for (user, t), ev in done.items():
+            turn_done.setdefault(t, []).append(ev)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def launch(plan: UserPlan, turn: int) -> None:
+            try:
+                if plan.user not in self.failed_users:
+                    await self.one(plan, turn)
+            finally:
+                sem.release()
+                done[(plan.user, turn)].set()
+
+        try:
+            for plan, turn in self.order():
+                if turn > 0:
+                    await done[(plan.user, turn - 1)].wait()
+                    if sched.interleaving == "lockstep":
+                        await asyncio.gather(*(ev.wait() for ev in turn_done[turn - 1]))
+                await sem.acquire()
+                tasks.append(asyncio.create_task(launch(plan, turn)))
+                failed = [t for t in tasks if t.done() and t.exception()]
+                if failed:
+                    raise failed[0].exception()  # type: ignore[misc]
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def drive_run(client: TargetClient, spec: RunSpec, history: HistoryWriter, opts: DriverOptions | None = None) -> None:
+    """Record the run's RunInfo, then drive every conversation; raises TargetDown if the target dies."""
+    history.append(
+        RunInfo(
+            run=spec.run, scenario=spec.scenario.name, nonce=spec.nonce, seed=spec.scenario.seed,
+            variants={p.user: p.variant for p in spec.plans},
+            canaries={p.user: p.canaries for p in spec.plans},
+            tenants={p.user: p.tenant for p in spec.plans},
+            models=dict(spec.models), isolation=spec.isolation, note=spec.note,
+            requires_cross_user_hits=spec.run == "main" and spec.scenario.requires_cross_user_hits,
+        )
+    )
+    await _Run(client, spec, history, opts or DriverOptions()).drive()

@@ -1,0 +1,42 @@
+"""The oracle's references, as runs to drive next to the main run.
+
+- Counterfactual re-runs: every other user's private content re-drawn at the same lengths while
+  shared prefixes and the schedule stay the same; two re-runs, each holding half of the users
+  fixed, cover everyone.
+- Solo replay: each conversation alone with no cache reuse (fresh salt per request where the
+  target honours salts, else a cache reset before each request, else stated as possibly warm).
+"""
+
+from __future__ import annotations
+
+from harness.driver.driver import Isolation, RunSpec
+from harness.scenario.model import Scenario
+from harness.scenario.render import plan_scenario
+
+
+def counterfactual_variants(scenario: Scenario) -> list[dict[str, int]]:
+    """Per re-run, user -> content variant: 0 (held fixed) or a fresh variant (re-drawn)."""
+    users = [u.name for u in scenario.users]
+    halves = [set(users[0::2]), set(users[1::2])]
+    out = []
+    for i, fixed in enumerate(halves):
+        if fixed and len(fixed) < len(users):
+            out.append({u: 0 if u in fixed else i + 1 for u in users})
+    return out
+
+
+def plan_runs(scenario: Scenario, nonce: str, models: dict[str, str], solo_isolation: Isolation,
+              counterfactual: bool = True, solo: bool = True) -> list[RunSpec]:
+    salts = {u.name: scenario.tenant(u.tenant).cache_salt for u in scenario.users}
+    runs = [RunSpec("main", scenario, plan_scenario(scenario, nonce), nonce, models, salts)]
+    if counterfactual:
+        for i, variants in enumerate(counterfactual_variants(scenario)):
+            fixed = sorted(u for u, v in variants.items() if v == 0)
+            runs.append(RunSpec(f"cf-{i}", scenario, plan_scenario(scenario, nonce, variants), nonce, models, salts,
+                                note=f"held fixed: {', '.join(fixed)}"))
+    if solo:
+        note = {"salt": "fresh cache salt per request", "reset": "prefix-cache reset before each request",
+                "warm": "target offers no salt or reset: the reference may have run warm"}.get(solo_isolation, "")
+        runs.append(RunSpec("solo", scenario, plan_scenario(scenario, nonce), nonce, models, salts,
+                            isolation=solo_isolation, note=note))
+    return runs

@@ -1,0 +1,192 @@
+"""One isolation run end to end: scenarios -> driver -> history -> checks -> verdict -> reports.
+
+The pipeline only wires stages together; each stage lives in its own module. Anything that stops
+the run early (bad scenario, unreachable target, a server that dies) ends in UNKNOWN (exit 2)
+with a clear message and the history recorded so far saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness import __version__
+from harness.checks.base import CheckContext, run_checks
+from harness.checks.compare import DEFAULT_TOLERANCE
+from harness.driver.driver import DriverOptions, Isolation, TargetDown, drive_run
+from harness.history.record import History, HistoryWriter
+from harness.oracle.plans import plan_runs
+from harness.reports.console import print_summary
+from harness.reports.json_report import write_json
+from harness.reports.junit import write_junit
+from harness.reports.reproducer import write_reproducer
+from harness.scenario.io import ScenarioError, load_scenarios
+from harness.scenario.model import Scenario
+from harness.scenario.render import make_nonce
+from harness.target.client import TargetClient
+from harness.target.embedded import EmbeddedServer, LaunchError
+from harness.target.resolve import ResolveError, resolve_models
+from harness.target.solo import detect_solo_isolation
+from harness.verdict import CheckResult, Verdict, overall
+
+
+@dataclass
+class RunConfig:
+    target: str | None = None
+    scenario_paths: list[Path] = field(default_factory=lambda: [Path("scenarios")])
+    report_dir: Path = Path("reports/latest")
+    seed: int | None = None
+    tolerance: float = DEFAULT_TOLERANCE
+    policy: str = "shared-prefix"
+    timeout_s: float = 60.0
+    counterfactual: bool = True
+    solo: bool = True
+
+
+@dataclass
+class RunOutcome:
+    verdict: Verdict
+    results: list[CheckResult]
+    report: dict[str, Any]
+    report_dir: Path
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return self.verdict.exit_code
+
+
+def _prepare_report_dir(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("history.jsonl", "report.json", "junit.xml"):
+        (d / name).unlink(missing_ok=True)
+    shutil.rmtree(d / "reproducers", ignore_errors=True)
+
+
+async def _drive_all(client: TargetClient, scenarios: list[Scenario], writer: HistoryWriter, cfg: RunConfig,
+                     meta: dict[str, Any], console: Console) -> None:
+    entries = await client.model_entries()
+    base_model = entries[0]["id"] if entries else ""
+    solo_mode: Isolation = await detect_solo_isolation(client, base_model) if cfg.solo else "warm"
+    meta["solo_isolation"] = solo_mode
+    all_runs = []
+    for sc in scenarios:
+        models = resolve_models(sc, entries)
+        nonce = make_nonce()
+        meta["nonces"][sc.name] = nonce
+        all_runs.extend(plan_runs(sc, nonce, models, solo_mode, cfg.counterfactual, cfg.solo))
+    total = sum(len(p.turn_texts) for r in all_runs for p in r.plans)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("requests", total=total)
+        opts = DriverOptions(on_op=lambda op: progress.advance(task))
+        for spec in all_runs:
+            progress.update(task, description=f"{spec.scenario.name} [{spec.run}]")
+            await drive_run(client, spec, writer, opts)
+
+
+def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
+    console = console or Console(stderr=True)
+    started = time.time()
+    meta: dict[str, Any] = {
+        "harness_version": __version__, "target": cfg.target or "embedded", "policy": cfg.policy,
+        "tolerance": cfg.tolerance, "started_unix": started, "scenario_files": [], "nonces": {},
+    }
+    report_dir = Path(cfg.report_dir)
+    _prepare_report_dir(report_dir)
+    error: str | None = None
+    scenarios: list[Scenario] = []
+    writer = HistoryWriter(report_dir / "history.jsonl")
+    with ExitStack() as stack:
+        stack.callback(writer.close)
+        try:
+            loaded = load_scenarios(cfg.scenario_paths)
+            scenarios = [s if cfg.seed is None else s.model_copy(update={"seed": cfg.seed}) for _, s in loaded]
+            meta["scenario_files"] = [str(p) for p, _ in loaded]
+            meta["seeds"] = {s.name: s.seed for s in scenarios}
+            server = None
+            base_url = cfg.target
+            if base_url is None:
+                console.print("starting the embedded vLLM server ...")
+                server = stack.enter_context(EmbeddedServer())
+                base_url = server.base_url
+                meta["embedded_startup_s"] = round(server.startup_s or 0, 1)
+            meta["target"] = base_url
+            meta["server_version"] = _server_version(base_url, cfg.timeout_s)
+            client = TargetClient(base_url, timeout_s=cfg.timeout_s)
+
+            async def go() -> None:
+                async with client:
+                    await _drive_all(client, scenarios, writer, cfg, meta, console)
+
+            try:
+                asyncio.run(go())
+            except TargetDown as exc:
+                error = str(exc)
+                if server is not None and not server.alive:
+                    error += "\n" + _quiet(server.check_alive)
+        except (ScenarioError, ResolveError, LaunchError, TargetUnreachable) as exc:
+            error = str(exc)
+        except httpx.HTTPError as exc:
+            error = f"target error: {type(exc).__name__}: {exc}"
+    history = History(writer.records)
+    results = run_checks(history, CheckContext(cfg.tolerance, cfg.policy)) if history.ops else []
+    verdict = Verdict.UNKNOWN if error else overall(results)
+    meta["duration_s"] = round(time.time() - started, 1)
+    meta["error"] = error
+    meta["requests"] = len(history.ops)
+    reproducers = []
+    by_name = {s.name: s for s in scenarios}
+    for i, v in enumerate(v for r in results for v in r.violations):
+        reproducers.append(str(write_reproducer(report_dir / "reproducers", i + 1, v, by_name.get(v.scenario),
+                                                history, str(meta["target"]))))
+    meta["reproducers"] = reproducers
+    report = write_json(report_dir / "report.json", verdict, results, meta)
+    write_junit(report_dir / "junit.xml", results)
+    print_summary(console, verdict, results, meta, report_dir)
+    return RunOutcome(verdict, results, report, report_dir, error)
+
+
+class TargetUnreachable(RuntimeError):
+    pass
+
+
+def _server_version(base_url: str, timeout_s: float) -> str | None:
+    try:
+        resp = httpx.get(base_url.rstrip("/") + "/v1/models", timeout=min(timeout_s, 10))
+    except httpx.HTTPError as exc:
+        raise TargetUnreachable(f"target {base_url} is unreachable: {type(exc).__name__}: {exc}") from None
+    if resp.status_code != 200 or "data" not in _json_or_empty(resp):
+        raise TargetUnreachable(f"target {base_url} does not look OpenAI-compatible: GET /v1/models -> "
+                                f"HTTP {resp.status_code}")
+    try:
+        v = httpx.get(base_url.rstrip("/") + "/version", timeout=5)
+        return str(v.json().get("version")) if v.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
+def _json_or_empty(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _quiet(fn: Any) -> str:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - we only want the message
+        return str(exc)
+    return ""

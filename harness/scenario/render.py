@@ -1,0 +1,93 @@
+"""Turn a scenario into concrete content: prefix texts, each user's private turns and canaries.
+
+Content is drawn from seeded generators keyed by (seed, scenario, what), never by position, so a
+scenario cut down to fewer users keeps every remaining user's content. A user's private content
+has a `variant`: variant 0 is the run's; a counterfactual re-run re-draws other users' content
+with another variant at the same word (on the embedded server: token) lengths, while shared
+prefixes stay byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+from harness.scenario.model import Scenario, User
+from harness.scenario.words import draw_words
+
+CANARY_WORDS = 4
+
+
+def _rng(*parts: object) -> random.Random:
+    key = "/".join(str(p) for p in parts).encode()
+    return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+
+
+def words_text(words: list[str]) -> str:
+    """Pool words as text; each starts with a space so each is one token on the embedded model."""
+    return "".join(" " + w for w in words)
+
+
+@dataclass(frozen=True)
+class UserPlan:
+    """Everything the driver needs to run one user's conversation."""
+
+    user: str
+    tenant: str
+    variant: int
+    system_text: str  # nonce + shared prefixes; the start of every prompt of this user
+    turn_texts: list[str]
+    canaries: list[str] = field(default_factory=list)
+    stream: bool = False
+
+
+def prefix_text(scenario: Scenario, name: str) -> str:
+    p = next(p for p in scenario.shared_prefixes if p.name == name)
+    if p.text is not None:
+        return p.text if p.text.startswith(" ") else " " + p.text
+    return words_text(draw_words(_rng(scenario.seed, scenario.name, "prefix", name), p.words))
+
+
+def plan_user(scenario: Scenario, user: User, nonce: str, variant: int) -> UserPlan:
+    tenant = scenario.tenant(user.tenant)
+    rng = _rng(scenario.seed, scenario.name, "user", user.name, variant)
+    canaries = [words_text(draw_words(rng, CANARY_WORDS)) for _ in range(tenant.secrets)]
+    turns = []
+    for t in range(user.turns):
+        words = draw_words(rng, user.words_for_turn(t))
+        if t == 0 and canaries:
+            # Plant the canaries at evenly spread points of the first turn's private words.
+            text_parts: list[str] = []
+            step = max(1, len(words) // (len(canaries) + 1))
+            cursor = 0
+            for c in canaries:
+                text_parts.append(words_text(words[cursor : cursor + step]))
+                text_parts.append(c)
+                cursor += step
+            text_parts.append(words_text(words[cursor:]))
+            turns.append("".join(text_parts))
+        else:
+            turns.append(words_text(words))
+    system = nonce + "".join(prefix_text(scenario, p) for p in user.prefixes)
+    stream = scenario.stream if user.stream is None else user.stream
+    return UserPlan(user.name, user.tenant, variant, system, turns, canaries, stream)
+
+
+def plan_scenario(scenario: Scenario, nonce: str, variants: dict[str, int] | None = None) -> list[UserPlan]:
+    """Plans for every user; `variants` maps user -> content variant (default 0)."""
+    variants = variants or {}
+    return [plan_user(scenario, u, nonce, variants.get(u.name, 0)) for u in scenario.users]
+
+
+def make_nonce(rng: random.Random | None = None) -> str:
+    """A random per-run prefix (3 pool words: ~1.7e9 values) so no earlier run's cache is reused."""
+    import secrets
+
+    rng = rng or random.Random(secrets.randbits(64))
+    return words_text(draw_words(rng, 3))
+
+
+def request_seed(scenario: Scenario, user: str, turn: int) -> int:
+    """Per-request sampling seed for seeded sampling: the same in a run, its re-runs and replays."""
+    return _rng(scenario.sampling.seed, scenario.name, user, turn).randrange(2**31)
