@@ -23,6 +23,11 @@ from harness.scenario.render import UserPlan, request_seed
 from harness.target.client import GenerationRequest, TargetClient
 
 Isolation = Literal["shared", "salt", "reset", "warm"]
+_EPOCH = time.monotonic()  # one clock for every run of a process, so histories order across runs
+
+
+def now() -> float:
+    return time.monotonic() - _EPOCH
 
 
 class TargetDown(RuntimeError):
@@ -83,7 +88,6 @@ def build_request(spec: RunSpec, plan: UserPlan, turn: int, outputs: list[str], 
 class _Run:
     def __init__(self, client: TargetClient, spec: RunSpec, history: HistoryWriter, opts: DriverOptions) -> None:
         self.client, self.spec, self.history, self.opts = client, spec, history, opts
-        self.t0 = time.monotonic()
         self.outputs: dict[str, list[str]] = {p.user: [] for p in spec.plans}
         self.failed_users: set[str] = set()
         self.consecutive_conn_failures = 0
@@ -97,9 +101,9 @@ class _Run:
         if spec.isolation == "reset":
             await self.client.reset_prefix_cache()
         req = build_request(spec, plan, turn, self.outputs[plan.user], salt)
-        invoke = time.monotonic() - self.t0
+        invoke = now()
         result = await self.client.generate(req)
-        complete = time.monotonic() - self.t0
+        complete = now()
         op = Operation.from_result(
             result,
             run=spec.run, scenario=spec.scenario.name, op_id=req.headers["X-Harness-Op"],

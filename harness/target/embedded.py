@@ -36,7 +36,11 @@ def free_port() -> int:
 
 
 def port_in_use(port: int) -> bool:
+    """True when something holds the port; TIME_WAIT leftovers of a stopped server do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # The server binds with SO_REUSEADDR, so must this check, or a just-stopped server's
+        # TIME_WAIT connections would make a free port look taken.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -63,6 +67,7 @@ class EmbeddedServer:
     extra_args: list[str] = field(default_factory=list)
     python: str = sys.executable
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    pgid: int | None = field(default=None, init=False)
     base_url: str = field(default="", init=False)
     startup_s: float | None = field(default=None, init=False)
 
@@ -104,14 +109,21 @@ class EmbeddedServer:
         env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", PYTHONUNBUFFERED="1")
         env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.command(Path(self.model_dir), self.port),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=env,
-            )
+            try:
+                self.proc = subprocess.Popen(
+                    self.command(Path(self.model_dir), self.port),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=env,
+                )
+            except OSError as exc:
+                raise LaunchError(f"cannot start {self.python}: {exc}") from exc
+        # start_new_session makes the server the leader of a new group whose id is its pid.
+        # Remember it now: once the leader has died and been reaped, os.getpgid() cannot find it,
+        # but its children (engine core, workers) still belong to the group and must be killed.
+        self.pgid = self.proc.pid
         atexit.register(self.stop)
         self.base_url = f"http://127.0.0.1:{self.port}"
         t0 = time.monotonic()
@@ -156,21 +168,21 @@ class EmbeddedServer:
             )
 
     def stop(self, grace_s: float = 20.0) -> None:
-        """Terminate the whole process group; SIGKILL whatever outlives the grace period."""
+        """Terminate the whole process group; SIGKILL whatever outlives the grace period.
+
+        Returns once no live process of the group is left (or after a bounded wait), so a
+        caller may rely on the port and the memory being free.
+        """
         proc = self.proc
         if proc is None:
             return
-        try:
-            pgid = os.getpgid(proc.pid)
-        except ProcessLookupError:
-            pgid = None
-        if pgid is not None:
+        pgid = self.pgid if self.pgid is not None else proc.pid
+        if _group_alive(pgid):
             _signal_group(pgid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
+            _wait_group_gone(pgid, proc, grace_s)
+        if _group_alive(pgid):
             _signal_group(pgid, signal.SIGKILL)
+            _wait_group_gone(pgid, proc, 30.0)  # a killed worker may take seconds to free its memory
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -183,6 +195,38 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of the group exists that is not a zombie (zombies hold no resources)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc_root = Path("/proc")
+    if not proc_root.is_dir():
+        return True
+    for stat in proc_root.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after "(comm)": state ppid pgrp ...
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _wait_group_gone(pgid: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Poll until the group has no live process, reaping our own child as it exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.1)  # polling an external process group's exit, bounded by the deadline
 
 
 def _signal_group(pgid: int, sig: int) -> None:

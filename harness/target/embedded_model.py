@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.scenario.words import draw_words, word_pool
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 DEFAULT_SEED = 1234
 ADAPTER_NAMES = ("adapter-a", "adapter-b")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -36,21 +36,52 @@ class ModelRecipe:
     """Everything that determines the built model; its hash names the cache folder."""
 
     seed: int = DEFAULT_SEED
-    hidden_size: int = 256
+    hidden_size: int = 512
     intermediate_size: int = 512
     num_layers: int = 2
     num_heads: int = 4
-    head_dim: int = 64
+    head_dim: int = 128
     init_std: float = 0.2
     lora_rank: int = 8
     lora_std: float = 0.3
+    # The hand-built induction circuit (harness/target/induction.py); False gives the plain
+    # seeded random model (hidden 256, 4 heads of 64 in the earlier recipes).
+    induction: bool = True
+    rope_theta: float = 1e12
+    prev_score: float = 60.0
+    match_score: float = 14.0
+    copy_logit: float = 30.0
     version: int = RECIPE_VERSION
 
+    def circuit_spec(self):
+        """The induction circuit's sizes and gains for this recipe."""
+        from harness.target.induction import CircuitSpec
+
+        return CircuitSpec(
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            intermediate_size=self.intermediate_size,
+            rope_theta=self.rope_theta,
+            random_std=self.init_std,
+            prev_score=self.prev_score,
+            match_score=self.match_score,
+            copy_logit=self.copy_logit,
+        )
+
     def digest(self) -> str:
-        """Hash of the recipe and of this builder's source, so any change rebuilds."""
+        """Hash of the recipe and of the builder's source (with the circuit's), so any change rebuilds."""
         h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
         h.update(Path(__file__).read_bytes())
+        h.update((Path(__file__).parent / "induction.py").read_bytes())
         return h.hexdigest()[:12]
+
+    @classmethod
+    def plain(cls, **kw: object) -> "ModelRecipe":
+        """The earlier plain random model: no induction circuit, hidden 256, 4 heads of 64."""
+        base = dict(hidden_size=256, head_dim=64, induction=False, rope_theta=10000.0)
+        base.update(kw)
+        return cls(**base)  # type: ignore[arg-type]
 
 
 def default_cache_dir() -> Path:
@@ -117,6 +148,7 @@ def _build_weights(
         num_key_value_heads=recipe.num_heads,
         head_dim=recipe.head_dim,
         max_position_embeddings=2048,
+        rope_theta=recipe.rope_theta,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
         bos_token_id=special_ids[0],
@@ -127,10 +159,15 @@ def _build_weights(
     model = LlamaForCausalLM(config).to(torch.float32)
     gen = torch.Generator().manual_seed(recipe.seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                continue
-            p.copy_(torch.randn(p.shape, generator=gen) * recipe.init_std)
+        if recipe.induction:
+            from harness.target.induction import install
+
+            install(model, recipe.circuit_spec(), vocab_size, word_ids, gen)
+        else:
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    continue
+                p.copy_(torch.randn(p.shape, generator=gen) * recipe.init_std)
         # Only whole pool words are ever the greedy choice (a zero row scores 0, far below the
         # best of a thousand random rows): outputs are readable words that re-tokenize to the
         # same ids in a later turn, and no early end-of-text hides a divergence.

@@ -1,0 +1,66 @@
+"""Every output check can fail: a fault-injecting proxy in front of the real server makes the run
+FAIL with a reproducer, while a benign fault (logprob noise far below the tolerance) must not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.faults.proxy import FaultProxy
+from harness.pipeline import RunConfig, run_isolation
+from harness.verdict import Verdict
+
+LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
+
+
+def _run_through(fault: str | None, embedded_url: str, tmp_path: Path, scenarios: list[str], rate: float = 1.0):
+    with FaultProxy(embedded_url, fault=fault, rate=rate, seed=3) as proxy:
+        out = run_isolation(RunConfig(target=proxy.url, scenario_paths=[LIBRARY / s for s in scenarios],
+                                      report_dir=tmp_path))
+        injected = len(proxy.injections)
+    report = json.loads((tmp_path / "report.json").read_text())
+    return out, report, injected
+
+
+def _failed_checks(report: dict) -> set[str]:
+    return {c["name"] for c in report["checks"] if c["verdict"] == "fail"}
+
+
+def _assert_reproducers(out, tmp_path: Path) -> None:
+    folders = sorted((tmp_path / "reproducers").iterdir())
+    assert folders, "a FAIL must come with reproducers"
+    first = folders[0]
+    scenario = (first / "scenario.yaml").read_text()
+    assert scenario.startswith("# Reproducer for a") and "seed:" in scenario and "nonce:" in scenario
+    assert "curl -sS" in (first / "requests.sh").read_text()
+
+
+@pytest.mark.parametrize(
+    ("fault", "scenarios", "must_fail"),
+    [
+        ("swap", ["burst.yaml"], {"cache-transparency"}),
+        ("bleed", ["shared-system-prompt.yaml"], {"counterfactual-isolation", "cache-transparency"}),
+        ("flip", ["strict-prefix.yaml"], {"cache-transparency"}),
+        ("inject-context", ["shared-document.yaml"], {"cache-transparency"}),
+    ],
+)
+def test_fault_makes_run_fail_with_reproducer(fault: str, scenarios: list[str], must_fail: set[str],
+                                              embedded_url: str, tmp_path: Path) -> None:
+    out, report, injected = _run_through(fault, embedded_url, tmp_path, scenarios)
+    assert injected > 0, f"the proxy never injected {fault}"
+    assert out.verdict is Verdict.FAIL and out.exit_code == 1
+    assert must_fail <= _failed_checks(report), _failed_checks(report)
+    _assert_reproducers(out, tmp_path)
+
+
+def test_noise_below_tolerance_does_not_fail(embedded_url: str, tmp_path: Path) -> None:
+    out, report, injected = _run_through("noise", embedded_url, tmp_path, ["shared-system-prompt.yaml", "burst.yaml"])
+    assert injected > 0
+    assert out.verdict is Verdict.PASS, _failed_checks(report)
+
+
+def test_transparent_proxy_passes(embedded_url: str, tmp_path: Path) -> None:
+    out, report, injected = _run_through(None, embedded_url, tmp_path, ["multi-turn.yaml"])
+    assert injected == 0 and out.verdict is Verdict.PASS

@@ -1,0 +1,83 @@
+"""The whole isolation run against the real embedded vLLM server, and its bad-input paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.history.record import Operation, read_history
+from harness.pipeline import RunConfig, run_isolation
+from harness.target.embedded import EmbeddedServer
+from harness.verdict import Verdict
+
+LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
+
+
+def test_library_passes_on_embedded_server(embedded_url: str, tmp_path: Path) -> None:
+    out = run_isolation(RunConfig(target=embedded_url, scenario_paths=[LIBRARY], report_dir=tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    checks = {c["name"]: c for c in report["checks"]}
+    assert out.verdict is Verdict.PASS, json.dumps(report["checks"], indent=1)[:3000]
+    assert report["verdict"] == "pass"
+    assert set(checks) >= {"counterfactual-isolation", "cache-transparency", "canary", "exercised", "requests"}
+    assert all(c["exercised"] > 0 for c in checks.values())
+    assert report["metadata"]["solo_isolation"] == "salt"
+    assert report["metadata"]["server_version"]
+    # every scenario that shares a prefix showed cross-user cache reuse
+    assert sum("reused cache across users" in n for n in checks["exercised"]["notes"]) == 6
+    history = read_history(tmp_path / "history.jsonl")
+    ops = [r for r in history if isinstance(r, Operation)]
+    assert len(ops) == report["metadata"]["requests"] and all(o.ok for o in ops)
+    assert {o.run for o in ops} == {"main", "cf-0", "cf-1", "solo"}
+    assert "<testsuite" in (tmp_path / "junit.xml").read_text()
+
+
+def test_bad_scenario_exits_2_with_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntenants: [{name: a}]\nusers: [{name: u, tenant: a, colour: red}]\n")
+    code = main(["run", "--target", "http://127.0.0.1:9", "--scenario", str(bad), "--report-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "colour" in err and "unknown field" in err and str(bad) in err
+
+
+def test_unreachable_target_exits_2_and_saves_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--target", "http://127.0.0.1:9", "--report-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unreachable" in err
+    assert (tmp_path / "history.jsonl").exists()
+    assert json.loads((tmp_path / "report.json").read_text())["verdict"] == "unknown"
+
+
+def test_server_dying_mid_run_is_unknown_with_history_kept(tmp_path: Path) -> None:
+    server = EmbeddedServer(log_path=tmp_path / "vllm.log")
+    server.start()
+    history = tmp_path / "report" / "history.jsonl"
+    killed = threading.Event()
+
+    def killer() -> None:
+        # Condition polling: wait until the run has recorded some operations, then kill the server.
+        while not killed.is_set():
+            if history.exists() and history.read_text().count('"kind":"op"') >= 12:
+                os.killpg(os.getpgid(server.proc.pid), signal.SIGKILL)  # type: ignore[union-attr]
+                killed.set()
+                return
+            killed.wait(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        out = run_isolation(RunConfig(target=server.base_url, scenario_paths=[LIBRARY], report_dir=tmp_path / "report",
+                                      timeout_s=30))
+    finally:
+        killed.set()
+        server.stop()
+    assert out.verdict is Verdict.UNKNOWN and out.exit_code == 2
+    assert out.error and "stopped answering" in out.error
+    ops = [r for r in read_history(history) if isinstance(r, Operation)]
+    assert sum(o.ok for o in ops) >= 12 and any(not o.ok for o in ops)  # failures recorded, not dropped
