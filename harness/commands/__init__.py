@@ -4,3 +4,4 @@ from harness.commands import serve  # noqa: F401
 from harness.commands import probe  # noqa: F401
 from harness.commands import run  # noqa: F401
 from harness.commands import proxy  # noqa: F401
+from harness.commands import selftest  # noqa: F401
