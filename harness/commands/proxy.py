@@ -56,7 +56,8 @@ def proxy(args: argparse.Namespace) -> int:
     print(f"proxy listening on {fp.url} -> {fp.target_url} (fault {fp.fault or 'none'}, rate {fp.rate:g}, "
           f"seed {fp.seed}); Ctrl-C to stop", flush=True)
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a backgrounded shell job starts with it ignored
+        signal.signal(sig, lambda *_: stopped.set())
     try:
         while not stopped.wait(0.5):
             pass

@@ -100,7 +100,7 @@ CATALOG: dict[str, FaultSpec] = {
             "fault",
             f"Changes one output token at a position whose top-1 vs top-2 margin exceeds {FLIP_MIN_MARGIN:g} nats "
             "to a word token outside that position's top logprobs, consistently in token_ids, logprobs and text; "
-            "later tokens are left as they were.",
+            "later tokens are left as they were. Needs at least 2 top logprobs per position.",
             "cached and cold paths that compute different answers (a wrong KV block, a kernel reading a stale "
             "slot), surfacing as one confidently wrong token that no float drift explains.",
             "cache transparency (a non-near-tie divergence)",
@@ -125,7 +125,8 @@ CATALOG: dict[str, FaultSpec] = {
             "phantom-hit",
             "fault",
             f"On a response whose real cached-token count is 0, reports the prompt length rounded down to a "
-            f"multiple of {PHANTOM_BLOCK} as cached.",
+            f"multiple of {PHANTOM_BLOCK} as cached. Needs a reported count (a stream without "
+            "stream_options.include_usage, or a server without prompt-token details, is left alone).",
             "broken cache accounting: hits counted against the wrong request or a hash collision reported as "
             "a hit; a count that nothing in the cache domain explains.",
             "cache accounting (a hit nothing explains)",

@@ -41,6 +41,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from harness.faults import catalog
 
@@ -300,7 +301,10 @@ class _Tokens:
         if self.endpoint == "completions":
             toks, lps, tops = lp.get("tokens"), lp.get("token_logprobs"), lp.get("top_logprobs")
             if isinstance(toks, list) and s.j < len(toks):
+                old_key = toks[s.j]
                 toks[s.j] = key
+                if isinstance(old_key, str):
+                    self._shift_offsets(k, len(key) - len(old_key))
             if isinstance(lps, list) and s.j < len(lps):
                 lps[s.j] = logprob
             if isinstance(tops, list) and s.j < len(tops) and isinstance(tops[s.j], dict):
@@ -314,6 +318,16 @@ class _Tokens:
                 tops = entry.get("top_logprobs")
                 if isinstance(tops, list):
                     tops.append({"token": key, "logprob": logprob, "bytes": list(key.encode())})
+
+    def _shift_offsets(self, k: int, delta: int) -> None:
+        """vLLM counts completions `text_offset` in lengths of the token strings ("token_id:N"), so a
+        token of another length moves every later offset; mirror that quirk."""
+        if delta == 0:
+            return
+        for s in self.slots[k + 1:]:
+            offs = self._lp(s.choice).get("text_offset")
+            if isinstance(offs, list) and s.j < len(offs) and isinstance(offs[s.j], int):
+                offs[s.j] += delta
 
     def set_bytes(self, k: int, piece: str) -> None:
         """Chat logprob entries carry the token's text as UTF-8 bytes; keep them in step."""
@@ -813,8 +827,9 @@ class FaultProxy:
 
     # --- upstream ----------------------------------------------------------------------------------
 
-    def _upstream_headers(self, request: web.Request) -> dict[str, str]:
-        return {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+    @staticmethod
+    def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
+        return CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
 
     @staticmethod
     def _downstream_headers(up: aiohttp.ClientResponse) -> list[tuple[str, str]]:
