@@ -23,8 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import __version__
 from harness.checks.base import CheckContext, run_checks
 from harness.checks.compare import DEFAULT_TOLERANCE
-from harness.driver.driver import DriverOptions, Isolation, TargetDown, drive_run
-from harness.history.record import History, HistoryWriter
+from harness.driver.driver import DriverOptions, Isolation, TargetDown, drive_run, now
+from harness.history.record import History, HistoryWriter, MetricsSnapshot
 from harness.oracle.plans import plan_runs
 from harness.reports.console import print_summary
 from harness.reports.json_report import write_json
@@ -36,7 +36,7 @@ from harness.scenario.render import make_nonce
 from harness.target.client import TargetClient
 from harness.target.embedded import EmbeddedServer, LaunchError
 from harness.target.resolve import ResolveError, resolve_models
-from harness.target.solo import detect_solo_isolation
+from harness.target.capabilities import Capabilities, ProbeError, parse_prefix_cache_metrics, probe
 from harness.verdict import CheckResult, Verdict, overall
 
 
@@ -76,8 +76,9 @@ def _prepare_report_dir(d: Path) -> None:
 async def _drive_all(client: TargetClient, scenarios: list[Scenario], writer: HistoryWriter, cfg: RunConfig,
                      meta: dict[str, Any], console: Console) -> None:
     entries = await client.model_entries()
-    base_model = entries[0]["id"] if entries else ""
-    solo_mode: Isolation = await detect_solo_isolation(client, base_model) if cfg.solo else "warm"
+    caps = await probe(client)
+    meta["capabilities"] = caps.to_json()
+    solo_mode = solo_isolation(caps)
     meta["solo_isolation"] = solo_mode
     all_runs = []
     for sc in scenarios:
@@ -90,9 +91,28 @@ async def _drive_all(client: TargetClient, scenarios: list[Scenario], writer: Hi
                   console=console, transient=True) as progress:
         task = progress.add_task("requests", total=total)
         opts = DriverOptions(on_op=lambda op: progress.advance(task))
+        writer.append(await _metrics_snapshot(client, "before"))
         for spec in all_runs:
             progress.update(task, description=f"{spec.scenario.name} [{spec.run}]")
             await drive_run(client, spec, writer, opts)
+        writer.append(await _metrics_snapshot(client, "after"))
+
+
+def solo_isolation(caps: Capabilities) -> Isolation:
+    """How the solo replay avoids cache reuse: a fresh salt, else a reset, else it may run warm."""
+    if caps.cache_salt_effective.available:
+        return "salt"
+    if caps.cache_reset.available:
+        return "reset"
+    return "warm"
+
+
+async def _metrics_snapshot(client: TargetClient, label: str) -> MetricsSnapshot:
+    try:
+        counters, _, _ = parse_prefix_cache_metrics(await client.get_text("/metrics"))
+    except (httpx.HTTPError, ValueError):
+        counters = None
+    return MetricsSnapshot(label, now(), counters.queries if counters else None, counters.hits if counters else None)
 
 
 def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
@@ -135,7 +155,7 @@ def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
                 error = str(exc)
                 if server is not None and not server.alive:
                     error += "\n" + _quiet(server.check_alive)
-        except (ScenarioError, ResolveError, LaunchError, TargetUnreachable) as exc:
+        except (ScenarioError, ResolveError, LaunchError, TargetUnreachable, ProbeError) as exc:
             error = str(exc)
         except httpx.HTTPError as exc:
             error = f"target error: {type(exc).__name__}: {exc}"

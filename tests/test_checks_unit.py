@@ -158,3 +158,20 @@ def test_accounting_needs_positive_control_under_salts() -> None:
     a2 = acc_op("a", shared + [1, 5, 6], 64, 2.0, 3.0, salt="s1", turn=1)  # own hit only
     [r] = run_checks(History([info("main", {"a": 0}), a, a2]), CTX, ["cache-accounting"])
     assert r.verdict is Verdict.UNKNOWN and "positive control" in " ".join(r.notes)
+
+
+def test_server_counters_agree_or_fail() -> None:
+    from harness.history.record import MetricsSnapshot
+
+    a = acc_op("a", list(range(40)), 32, 1.0, 2.0)
+    def hist(hits_after: float) -> History:
+        return History([info("main", {"a": 0}), MetricsSnapshot("before", 0.0, 10, 100), a,
+                        MetricsSnapshot("after", 3.0, 50, hits_after)])
+    [ok] = run_checks(hist(132), CTX, ["server-counters"])
+    assert ok.verdict is Verdict.PASS
+    [phantom] = run_checks(hist(100), CTX, ["server-counters"])  # reported 32 hits the server never counted
+    assert phantom.verdict is Verdict.FAIL
+    [busy] = run_checks(hist(500), CTX, ["server-counters"])  # other traffic moved the counter
+    assert busy.verdict is Verdict.UNKNOWN
+    [none] = run_checks(History([info("main", {"a": 0}), a]), CTX, ["server-counters"])
+    assert none.verdict is Verdict.UNKNOWN

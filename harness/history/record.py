@@ -71,7 +71,18 @@ class Operation:
         return cls(**meta, **values)
 
 
-Record = RunInfo | Operation
+@dataclass
+class MetricsSnapshot:
+    """The server's own prefix-cache counters at a point of the run (None: not exposed)."""
+
+    label: str  # "before" | "after"
+    at_s: float
+    queries: float | None
+    hits: float | None
+    kind: str = "metrics"
+
+
+Record = RunInfo | Operation | MetricsSnapshot
 
 
 def _to_json(rec: Record) -> str:
@@ -85,6 +96,8 @@ def _from_json(line: str) -> Record:
     d = json.loads(line)
     if d.get("kind") == "run":
         return RunInfo(**d)
+    if d.get("kind") == "metrics":
+        return MetricsSnapshot(**d)
     d["top_logprobs"] = [{int(k): v for k, v in top.items()} for top in d.get("top_logprobs") or []]
     return Operation(**d)
 
@@ -127,6 +140,10 @@ class History:
     @property
     def runs(self) -> list[RunInfo]:
         return [r for r in self.records if isinstance(r, RunInfo)]
+
+    @property
+    def metrics(self) -> list[MetricsSnapshot]:
+        return [r for r in self.records if isinstance(r, MetricsSnapshot)]
 
     @property
     def ops(self) -> list[Operation]:
