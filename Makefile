@@ -30,7 +30,7 @@ serve: setup
 	$(HARNESS) serve --port $(PORT)
 
 isolation-check: setup
-	$(HARNESS) run $(if $(TARGET),--target $(TARGET)) --report-dir $(REPORT_DIR) $(HARNESS_ARGS)
+	$(HARNESS) run $(if $(TARGET),--target $(TARGET),--known-findings known-findings.yaml) --report-dir $(REPORT_DIR) $(HARNESS_ARGS)
 
 test: setup
 	$(PY) -m pytest -q -ra

@@ -25,9 +25,11 @@ from harness.checks.base import CheckContext, run_checks
 from harness.checks.compare import DEFAULT_TOLERANCE
 from harness.driver.driver import DriverOptions, Isolation, TargetDown, drive_run, now
 from harness.history.record import History, HistoryWriter, MetricsSnapshot
+from harness.known import KnownFinding, apply_known, load_known_findings
 from harness.oracle.plans import plan_runs
 from harness.reports.console import print_summary
 from harness.reports.json_report import write_json
+from harness.reports.html import write_html
 from harness.reports.junit import write_junit
 from harness.reports.reproducer import write_reproducer
 from harness.scenario.io import ScenarioError, load_scenarios
@@ -51,6 +53,7 @@ class RunConfig:
     timeout_s: float = 60.0
     counterfactual: bool = True
     solo: bool = True
+    known_findings: Path | None = None
 
 
 @dataclass
@@ -85,7 +88,7 @@ async def _drive_all(client: TargetClient, scenarios: list[Scenario], writer: Hi
         models = resolve_models(sc, entries)
         nonce = make_nonce()
         meta["nonces"][sc.name] = nonce
-        all_runs.extend(plan_runs(sc, nonce, models, solo_mode, cfg.counterfactual, cfg.solo))
+        all_runs.extend(plan_runs(sc, nonce, models, solo_mode, cfg.counterfactual, cfg.solo, cfg.policy))
     total = sum(len(p.turn_texts) for r in all_runs for p in r.plans)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -126,10 +129,12 @@ def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
     _prepare_report_dir(report_dir)
     error: str | None = None
     scenarios: list[Scenario] = []
+    findings: list[KnownFinding] = []
     writer = HistoryWriter(report_dir / "history.jsonl")
     with ExitStack() as stack:
         stack.callback(writer.close)
         try:
+            findings = load_known_findings(cfg.known_findings) if cfg.known_findings else []
             loaded = load_scenarios(cfg.scenario_paths)
             scenarios = [s if cfg.seed is None else s.model_copy(update={"seed": cfg.seed}) for _, s in loaded]
             meta["scenario_files"] = [str(p) for p, _ in loaded]
@@ -141,6 +146,7 @@ def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
                 server = stack.enter_context(EmbeddedServer())
                 base_url = server.base_url
                 meta["embedded_startup_s"] = round(server.startup_s or 0, 1)
+            meta["embedded"] = server is not None
             meta["target"] = base_url
             meta["server_version"] = _server_version(base_url, cfg.timeout_s)
             client = TargetClient(base_url, timeout_s=cfg.timeout_s)
@@ -155,24 +161,28 @@ def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
                 error = str(exc)
                 if server is not None and not server.alive:
                     error += "\n" + _quiet(server.check_alive)
-        except (ScenarioError, ResolveError, LaunchError, TargetUnreachable, ProbeError) as exc:
+        except (ScenarioError, ResolveError, LaunchError, TargetUnreachable, ProbeError, ValueError) as exc:
             error = str(exc)
         except httpx.HTTPError as exc:
             error = f"target error: {type(exc).__name__}: {exc}"
     history = History(writer.records)
     results = run_checks(history, CheckContext(cfg.tolerance, cfg.policy)) if history.ops else []
+    known = apply_known(results, findings, meta, set(history.scenarios())) if not error else []
+    meta["known_findings"] = [k.to_json() for k in known]
     verdict = Verdict.UNKNOWN if error else overall(results)
     meta["duration_s"] = round(time.time() - started, 1)
     meta["error"] = error
     meta["requests"] = len(history.ops)
     reproducers = []
     by_name = {s.name: s for s in scenarios}
-    for i, v in enumerate(v for r in results for v in r.violations):
+    known_violations = [v for k in known for v in k.violations]
+    for i, v in enumerate([v for r in results for v in r.violations] + known_violations):
         reproducers.append(str(write_reproducer(report_dir / "reproducers", i + 1, v, by_name.get(v.scenario),
                                                 history, str(meta["target"]))))
     meta["reproducers"] = reproducers
     report = write_json(report_dir / "report.json", verdict, results, meta)
     write_junit(report_dir / "junit.xml", results)
+    write_html(report_dir)
     print_summary(console, verdict, results, meta, report_dir)
     return RunOutcome(verdict, results, report, report_dir, error)
 

@@ -19,6 +19,7 @@ from harness.cli import command
 from harness.faults.catalog import CATALOG
 from harness.faults.proxy import FaultProxy
 from harness.pipeline import RunConfig, run_isolation
+from harness.reports.html import write_selftest_html
 from harness.target.embedded import EmbeddedServer, LaunchError
 
 LIBRARY = Path(__file__).resolve().parents[2] / "scenarios"
@@ -106,7 +107,7 @@ def selftest(args: argparse.Namespace) -> int:
     console.print(table)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     (args.report_dir / "selftest.json").write_text(json.dumps({"ok": ok, "faults": rows}, indent=2))
-    console.print(f"matrix: {args.report_dir / 'selftest.json'}")
+    console.print(f"matrix: {args.report_dir / 'selftest.json'}  page: {write_selftest_html(args.report_dir)}")
     console.print("[green]every fault detected; no benign control failed[/]" if ok
                   else "[red]selftest failed: a fault went undetected or a benign control failed[/]")
     return 0 if ok else 1

@@ -46,6 +46,7 @@ class RunSpec:
     salts: dict[str, str | None]  # user -> cache salt of its tenant (None: no salt)
     isolation: Isolation = "shared"
     note: str = ""
+    requires_cross_user_hits: bool = False
 
 
 @dataclass
@@ -196,7 +197,7 @@ async def drive_run(client: TargetClient, spec: RunSpec, history: HistoryWriter,
             canaries={p.user: p.canaries for p in spec.plans},
             tenants={p.user: p.tenant for p in spec.plans},
             models=dict(spec.models), isolation=spec.isolation, note=spec.note,
-            requires_cross_user_hits=spec.run == "main" and spec.scenario.requires_cross_user_hits,
+            requires_cross_user_hits=spec.requires_cross_user_hits,
         )
     )
     await _Run(client, spec, history, opts or DriverOptions()).drive()

@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from harness.driver.driver import Isolation, RunSpec
 from harness.scenario.model import Scenario
 from harness.scenario.render import plan_scenario
@@ -25,10 +28,25 @@ def counterfactual_variants(scenario: Scenario) -> list[dict[str, int]]:
     return out
 
 
+def tenant_salts(scenario: Scenario, nonce: str, policy: str) -> dict[str, str | None]:
+    """user -> cache salt. `shared-prefix`: the scenario's salts as written; `salted`: every tenant
+    sends its own salt (the scenario's, else one derived from the tenant and this run's nonce)."""
+    run_tag = hashlib.sha256(nonce.encode()).hexdigest()[:8]
+    out: dict[str, str | None] = {}
+    for u in scenario.users:
+        salt = scenario.tenant(u.tenant).cache_salt
+        if policy == "salted" and salt is None:
+            salt = "tenant-" + re.sub(r"[^A-Za-z0-9_.-]", "_", u.tenant)[:64] + "-" + run_tag
+        out[u.name] = salt
+    return out
+
+
 def plan_runs(scenario: Scenario, nonce: str, models: dict[str, str], solo_isolation: Isolation,
-              counterfactual: bool = True, solo: bool = True) -> list[RunSpec]:
-    salts = {u.name: scenario.tenant(u.tenant).cache_salt for u in scenario.users}
-    runs = [RunSpec("main", scenario, plan_scenario(scenario, nonce), nonce, models, salts)]
+              counterfactual: bool = True, solo: bool = True, policy: str = "shared-prefix") -> list[RunSpec]:
+    salts = tenant_salts(scenario, nonce, policy)
+    domains: dict[str, object] = {u: (models[u], salts[u]) for u in models}
+    runs = [RunSpec("main", scenario, plan_scenario(scenario, nonce), nonce, models, salts,
+                    requires_cross_user_hits=scenario.requires_cross_user_hits(domains))]
     if counterfactual:
         for i, variants in enumerate(counterfactual_variants(scenario)):
             fixed = sorted(u for u, v in variants.items() if v == 0)

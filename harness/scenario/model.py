@@ -124,18 +124,22 @@ class Scenario(_Strict):
     def tenant(self, name: str) -> Tenant:
         return next(t for t in self.tenants if t.name == name)
 
-    @property
-    def shares_prefixes(self) -> bool:
-        """True when some shared prefix is used by two or more users."""
-        counts: dict[str, int] = {}
+    def shares_prefixes(self, domain: dict[str, object] | None = None) -> bool:
+        """True when some shared prefix is used by two or more users of one cache domain
+        (`domain`: user -> its model and salt; by default every user is in one domain)."""
+        seen: set[tuple[str, object]] = set()
         for u in self.users:
+            key = domain.get(u.name) if domain else None
             for p in set(u.prefixes):
-                counts[p] = counts.get(p, 0) + 1
-        return any(c >= 2 for c in counts.values())
+                if (p, key) in seen:
+                    return True
+                seen.add((p, key))
+        return False
 
-    @property
-    def requires_cross_user_hits(self) -> bool:
-        return self.shares_prefixes if self.expect_cross_user_hits is None else self.expect_cross_user_hits
+    def requires_cross_user_hits(self, domain: dict[str, object] | None = None) -> bool:
+        if self.expect_cross_user_hits is not None:
+            return self.expect_cross_user_hits
+        return self.shares_prefixes(domain)
 
     def restricted_to(self, users: set[str]) -> "Scenario":
         """The same scenario cut down to the named users (for reproducers)."""

@@ -1,0 +1,382 @@
+"""Property-based exploration: search scenarios with hypothesis, shrink a failure, save it, replay it.
+
+Each example hypothesis draws (`harness.strategies.scenarios`) is written to YAML and run by the
+ordinary pipeline (`run_isolation`: main run, counterfactual re-runs, solo replay, every check).
+A FAIL verdict is a failure for hypothesis, which then shrinks it; UNKNOWN and drift are not
+failures (both are counted). The minimal failing scenario is saved as `<found-dir>/<hash>.yaml`
+(hash of its canonical JSON) with a header giving the seed, the violation and the report folder
+of the failing run (its `reproducers/` hold curl commands); `harness replay FILE` runs it again.
+
+Hypothesis re-runs the minimal example at the end; a violation that does not show again (the
+server is not deterministic under load) surfaces as `Flaky` and is reported as "found but did
+not reproduce", never as a crash. Runs are seconds each, so:
+- a scenario that did not fail is remembered by content hash and not run again (shrinking often
+  proposes the same scenario through different choice sequences); failing ones are always re-run,
+  so a reported failure has really been seen again;
+- shrinking is bounded by `max_shrink_runs` real runs (and by hypothesis' own 300 s limit), after
+  which only already-failing scenarios are run again;
+- `time_s` runs batches of `batch` examples with seeds derived from the printed one until the time
+  is up; shrinking a failure found in time may overrun it by at most the shrink budget.
+With a fault, every example runs through its own fresh `FaultProxy`, so a failure depends on the
+scenario alone, never on traffic of earlier examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from rich.console import Console
+
+from harness.pipeline import RunConfig, RunOutcome, run_isolation
+from harness.scenario.io import dump_scenario
+from harness.scenario.model import Scenario
+from harness.verdict import Verdict
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+FOUND_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "found"
+
+
+# --- running one scenario ---------------------------------------------------------------------------
+
+
+@dataclass
+class ExampleStats:
+    """What one run of one scenario showed, read from its report."""
+
+    verdict: Verdict
+    requests: int
+    cross_user_hits: int
+    drift: int
+    seconds: float
+    violations: list[str]
+    error: str | None
+
+
+def stats_of(outcome: RunOutcome, seconds: float = 0.0) -> ExampleStats:
+    """Requests, cross-user cache hits (the `exercised` check's count), drift and violations."""
+    checks = outcome.report.get("checks", [])
+    hits = next((c["exercised"] for c in checks if c["name"] == "exercised"), 0)
+    violations = [f"[{v.check}] {v.message}" for r in outcome.results for v in r.violations]
+    return ExampleStats(outcome.verdict, int(outcome.report.get("metadata", {}).get("requests") or 0), int(hits),
+                        sum(int(c.get("drift", 0)) for c in checks), seconds, violations, outcome.error)
+
+
+def run_scenario(scenario: Scenario, target: str, report_dir: Path, *, fault: str | None = None,
+                 fault_seed: int = 0, counterfactual: bool = True, solo: bool = True, timeout_s: float = 60.0,
+                 console: Console | None = None) -> RunOutcome:
+    """Write `scenario` to `report_dir/scenario.yaml` and run it (through a fresh FaultProxy if `fault`)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / "scenario.yaml"
+    path.write_text(dump_scenario(scenario))
+    console = console or Console(stderr=True, quiet=True)
+    with ExitStack() as stack:
+        url = target
+        if fault:
+            from harness.faults.proxy import FaultProxy
+
+            url = stack.enter_context(FaultProxy(target, fault=fault, rate=1.0, seed=fault_seed)).url
+        cfg = RunConfig(target=url, scenario_paths=[path], report_dir=report_dir, counterfactual=counterfactual,
+                        solo=solo, timeout_s=timeout_s)
+        return run_isolation(cfg, console=console)
+
+
+@contextmanager
+def target_url(target: str | None, console: Console | None = None) -> Iterator[str]:
+    """The target's base URL; with None, the embedded server started for the duration."""
+    if target:
+        yield target.rstrip("/")
+        return
+    from harness.target.embedded import EmbeddedServer
+
+    if console:
+        console.print("starting the embedded vLLM server ...")
+    with EmbeddedServer() as server:
+        yield server.base_url
+
+
+def adapter_roles(target: str) -> tuple[str | None, ...]:
+    """None plus `adapter-1`, `adapter-2` as far as the target serves adapters."""
+    from harness.target.resolve import split_models
+
+    entries = httpx.get(target + "/v1/models", timeout=10).json().get("data", [])
+    _, adapters = split_models(entries)
+    return (None, *(f"adapter-{i + 1}" for i in range(min(2, len(adapters)))))
+
+
+def _alive(target: str) -> bool:
+    try:
+        return httpx.get(target + "/v1/models", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --- saving and replaying ---------------------------------------------------------------------------
+
+
+def found_path(scenario: Scenario, found_dir: Path) -> Path:
+    from harness.strategies import scenario_hash
+
+    return Path(found_dir) / f"{scenario_hash(scenario)}.yaml"
+
+
+def save_found(scenario: Scenario, found_dir: Path, header: str) -> Path:
+    """Write the counterexample as `<found_dir>/<hash>.yaml` with `header` as its leading comment."""
+    path = found_path(scenario, found_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_scenario(scenario, header))
+    return path
+
+
+def replay(path: Path, target: str, report_dir: Path, fault: str | None = None,
+           console: Console | None = None) -> RunOutcome:
+    """Run a saved scenario like any run (fresh nonce, every check); PASS means FIXED."""
+    with ExitStack() as stack:
+        url = target
+        if fault:
+            from harness.faults.proxy import FaultProxy
+
+            url = stack.enter_context(FaultProxy(target, fault=fault, rate=1.0, seed=0)).url
+        return run_isolation(RunConfig(target=url, scenario_paths=[Path(path)], report_dir=report_dir), console=console)
+
+
+# --- the search -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExploreConfig:
+    """Settings of one exploration (the CLI's flags)."""
+
+    target: str
+    examples: int | None = 20
+    time_s: float | None = None
+    seed: int | None = None
+    report_dir: Path = Path("reports/explore")
+    found_dir: Path | None = None
+    """Default: scenarios/found/, or <report_dir>/found when a fault is injected (those are not real bugs)."""
+    fault: str | None = None
+    fault_seed: int = 0
+    max_shrink_runs: int = 60
+    batch: int = 25
+    counterfactual: bool = True
+    solo: bool = True
+    timeout_s: float = 60.0
+    strategy: "SearchStrategy[Scenario] | None" = None
+
+
+@dataclass
+class Found:
+    """A (shrunk) counterexample and where it was saved."""
+
+    scenario: Scenario
+    path: Path
+    violations: list[str]
+    report_dir: Path
+    reproduced: bool
+
+
+@dataclass
+class ExploreResult:
+    """Totals of an exploration; `examples` counts real runs against the target."""
+
+    seed: int
+    examples: int = 0
+    generated: int = 0
+    shrink_runs: int = 0
+    seconds: float = 0.0
+    requests: int = 0
+    cross_user_hits: int = 0
+    drift: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    searches: int = 0
+    found: list[Found] = field(default_factory=list)
+    aborted: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """1 when a violation was found, 2 when no example could show anything (or the target died), else 0."""
+        if self.found:
+            return 1
+        return 2 if self.aborted or not self.verdicts.get("pass") else 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed, "examples": self.examples, "generated": self.generated,
+            "shrink_runs": self.shrink_runs, "seconds": round(self.seconds, 1), "requests": self.requests,
+            "cross_user_hits": self.cross_user_hits, "drift": self.drift, "verdicts": dict(self.verdicts),
+            "searches": self.searches, "aborted": self.aborted,
+            "failures": [{"file": str(f.path), "reproduced": f.reproduced, "report_dir": str(f.report_dir),
+                          "users": len(f.scenario.users), "turns": max(u.turns for u in f.scenario.users),
+                          "violations": f.violations} for f in self.found],
+        }
+
+
+class ScenarioFailed(Exception):
+    """Raised inside the hypothesis test when a scenario's verdict is FAIL."""
+
+    def __init__(self, key: str, violations: list[str]) -> None:
+        super().__init__(f"{key}: " + "; ".join(violations[:3]))
+        self.key = key
+
+
+def batch_seed(seed: int, i: int) -> int:
+    """The hypothesis seed of search `i` of a timed exploration (search 0 uses the seed itself)."""
+    return seed if i == 0 else int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big")
+
+
+class _Search:
+    """The hypothesis test body and the bookkeeping around it."""
+
+    def __init__(self, cfg: ExploreConfig, result: ExploreResult, console: Console,
+                 on_example: Callable[[Scenario, ExampleStats, bool], None] | None) -> None:
+        self.cfg, self.result, self.console, self.on_example = cfg, result, console, on_example
+        self.deadline = time.monotonic() + cfg.time_s if cfg.time_s else None
+        self.not_failing: set[str] = set()
+        self.failed: dict[str, tuple[Scenario, list[str]]] = {}
+        self.last_failed: str | None = None
+        self.shrinking = False
+        self.shrink_runs = 0
+
+    def reset(self) -> None:
+        self.failed.clear()
+        self.last_failed = None
+        self.shrinking = False
+        self.shrink_runs = 0
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def body(self, scenario: Scenario) -> None:
+        key = scenario.name
+        if self.result.aborted or (not self.shrinking and self.out_of_time) or key in self.not_failing:
+            return
+        if self.shrinking and self.shrink_runs >= self.cfg.max_shrink_runs and key not in self.failed:
+            return
+        stats = self._run(scenario)
+        if stats.verdict is Verdict.FAIL:
+            self.failed[key] = (scenario, stats.violations)
+            self.last_failed = key
+            self.shrinking = True
+            raise ScenarioFailed(key, stats.violations)
+        self.not_failing.add(key)
+
+    def _run(self, scenario: Scenario) -> ExampleStats:
+        cfg, res = self.cfg, self.result
+        run_dir = cfg.report_dir / "current"
+        t0 = time.monotonic()
+        outcome = run_scenario(scenario, cfg.target, run_dir, fault=cfg.fault, fault_seed=cfg.fault_seed,
+                               counterfactual=cfg.counterfactual, solo=cfg.solo, timeout_s=cfg.timeout_s)
+        stats = stats_of(outcome, time.monotonic() - t0)
+        res.examples += 1
+        if self.shrinking:
+            self.shrink_runs += 1
+            res.shrink_runs += 1
+        else:
+            res.generated += 1
+        res.requests += stats.requests
+        res.cross_user_hits += stats.cross_user_hits
+        res.drift += stats.drift
+        res.verdicts[stats.verdict.value] += 1
+        if stats.verdict is Verdict.FAIL:
+            dest = self.failure_dir(scenario.name)
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(run_dir, dest)
+        if stats.error and not _alive(cfg.target):
+            res.aborted = f"target stopped answering: {stats.error}"
+        if self.on_example:
+            self.on_example(scenario, stats, self.shrinking)
+        return stats
+
+    def failure_dir(self, key: str) -> Path:
+        return self.cfg.report_dir / "failures" / key
+
+
+def explore(cfg: ExploreConfig, console: Console | None = None,
+            on_example: Callable[[Scenario, ExampleStats, bool], None] | None = None) -> ExploreResult:
+    """Search for a failing scenario against `cfg.target`; shrink, save and report what was found."""
+    from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
+    from hypothesis.errors import Flaky
+
+    from harness.strategies import scenarios
+
+    console = console or Console(stderr=True)
+    seed_value = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
+    result = ExploreResult(seed=seed_value)
+    found_dir = Path(cfg.found_dir or (cfg.report_dir / "found" if cfg.fault else FOUND_DIR))
+    strategy = cfg.strategy if cfg.strategy is not None else scenarios(adapters=adapter_roles(cfg.target))
+    search = _Search(cfg, result, console, on_example)
+    started = time.monotonic()
+    i = 0
+    while True:
+        n = cfg.examples if cfg.time_s is None else cfg.batch
+        search.reset()
+
+        @seed(batch_seed(seed_value, i))
+        @settings(max_examples=n or 20, deadline=None, database=None, derandomize=False,
+                  phases=[Phase.generate, Phase.shrink], verbosity=Verbosity.quiet, report_multiple_bugs=False,
+                  suppress_health_check=list(HealthCheck), print_blob=False)
+        @given(strategy)
+        def one_search(scenario: Scenario) -> None:
+            search.body(scenario)
+
+        result.searches += 1
+        key: str | None = None
+        reproduced = True
+        try:
+            one_search()
+        except ScenarioFailed as exc:
+            key = exc.key
+        except Flaky:
+            key, reproduced = search.last_failed, False
+        if key is not None and key in search.failed:
+            result.found.append(_save(cfg, search, key, reproduced, found_dir, seed_value, i))
+            break
+        i += 1
+        if cfg.time_s is None or search.out_of_time or result.aborted:
+            break
+    result.seconds = time.monotonic() - started
+    _prune_failures(cfg.report_dir / "failures", {f.report_dir.name for f in result.found})
+    (cfg.report_dir).mkdir(parents=True, exist_ok=True)
+    (cfg.report_dir / "explore.json").write_text(json.dumps(result.summary(), indent=2))
+    return result
+
+
+def _save(cfg: ExploreConfig, search: _Search, key: str, reproduced: bool, found_dir: Path, seed_value: int,
+          i: int) -> Found:
+    scenario, violations = search.failed[key]
+    report_dir = search.failure_dir(key)
+    how = f"harness explore --seed {seed_value}" + (f" --fault {cfg.fault}" if cfg.fault else "")
+    lines = [
+        f"Counterexample found by `{how}` (hypothesis seed {batch_seed(seed_value, i)}, search {i}),",
+        f"against {cfg.target}" + (f" through the fault proxy ({cfg.fault})" if cfg.fault else "") + ".",
+        "The violation did NOT reproduce when hypothesis re-ran the minimal example (flaky)."
+        if not reproduced else "Reproduced on hypothesis' final re-run of this minimal example.",
+        "violations:",
+        *(f"  {v}" for v in violations[:5]),
+        f"reproducer: {report_dir} (report.json, history.jsonl, reproducers/ with curl commands)",
+        "replay: harness replay FILE (exit 0 FIXED, 1 still FAILING, 2 UNKNOWN)",
+    ]
+    path = save_found(scenario, found_dir, "\n".join(lines))
+    return Found(scenario, path, violations, report_dir, reproduced)
+
+
+def _prune_failures(folder: Path, keep: set[str]) -> None:
+    """Drop the report folders of intermediate (non-minimal) failures seen while shrinking."""
+    if not folder.is_dir():
+        return
+    for d in folder.iterdir():
+        if d.is_dir() and d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)

