@@ -8,6 +8,7 @@ may have been fixed). Nothing else is suppressed: any other violation still FAIL
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from harness.history.record import History
 from harness.verdict import CheckResult, Verdict, Violation
 
 
@@ -27,15 +29,36 @@ class KnownFinding(BaseModel):
     scenarios: list[str] = Field(min_length=1)
     server_version: str | None = None
     users: list[str] | None = Field(None, description="only violations of these users (default: any)")
+    op_id_pattern: str | None = Field(None, description="regex every op id of the violation must match")
+    batched_with_other_model: bool = Field(
+        False, description="only violations where one of the compared requests overlapped in time with a "
+        "request for another model or adapter (the root cause of a batch-mixing bug)")
     details: str = ""
     reproducer: str = ""
 
     def applies(self, meta: dict[str, Any]) -> bool:
         return self.server_version is None or meta.get("server_version") == self.server_version
 
-    def matches(self, v: Violation) -> bool:
+    def matches(self, v: Violation, history: History) -> bool:
+        if self.batched_with_other_model and not _batched_with_other_model(v, history):
+            return False
         return (v.check in self.checks and v.scenario in self.scenarios
-                and (self.users is None or set(v.users) <= set(self.users)))
+                and (self.users is None or set(v.users) <= set(self.users))
+                and (self.op_id_pattern is None
+                     or bool(v.op_ids) and all(re.search(self.op_id_pattern, i) for i in v.op_ids)))
+
+
+def _batched_with_other_model(v: Violation, history: History) -> bool:
+    ops = {o.op_id: o for o in history.ops}
+    for op_id in v.op_ids:
+        op = ops.get(op_id)
+        if op is None:
+            continue
+        model = op.served_model or op.model
+        if any((o.served_model or o.model) != model and o.ok and o.invoke_s < op.complete_s
+               and op.invoke_s < o.complete_s for o in history.ops):
+            return True
+    return False
 
 
 def load_known_findings(path: Path) -> list[KnownFinding]:
@@ -59,14 +82,15 @@ class KnownOutcome:
 
 
 def apply_known(results: list[CheckResult], findings: list[KnownFinding], meta: dict[str, Any],
-                scenarios_run: set[str]) -> list[KnownOutcome]:
+                history: History) -> list[KnownOutcome]:
     """Move matching violations out of each check; a check left with none no longer FAILs."""
+    scenarios_run = set(history.scenarios())
     active = [f for f in findings if f.applies(meta) and set(f.scenarios) & scenarios_run]
     outcomes = {f.id: KnownOutcome(f) for f in active}
     for r in results:
         kept = []
         for v in r.violations:
-            f = next((f for f in active if f.matches(v)), None)
+            f = next((f for f in active if f.matches(v, history)), None)
             if f is None:
                 kept.append(v)
             else:

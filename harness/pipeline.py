@@ -23,7 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import __version__
 from harness.checks.base import CheckContext, run_checks
 from harness.checks.compare import DEFAULT_TOLERANCE
-from harness.driver.driver import DriverOptions, Isolation, TargetDown, drive_run, now
+from harness.driver.adversary import Case, build_cases, health_op, run_adversary
+from harness.driver.driver import DriverOptions, Isolation, RunSpec, TargetDown, drive_run, now
 from harness.history.record import History, HistoryWriter, MetricsSnapshot
 from harness.known import KnownFinding, apply_known, load_known_findings
 from harness.oracle.plans import plan_runs
@@ -37,7 +38,7 @@ from harness.scenario.model import Scenario
 from harness.scenario.render import make_nonce
 from harness.target.client import TargetClient
 from harness.target.embedded import EmbeddedServer, LaunchError
-from harness.target.resolve import ResolveError, resolve_models
+from harness.target.resolve import ResolveError, resolve_models, split_models
 from harness.target.capabilities import Capabilities, ProbeError, parse_prefix_cache_metrics, probe
 from harness.verdict import CheckResult, Verdict, overall
 
@@ -78,26 +79,49 @@ def _prepare_report_dir(d: Path) -> None:
 
 async def _drive_all(client: TargetClient, scenarios: list[Scenario], writer: HistoryWriter, cfg: RunConfig,
                      meta: dict[str, Any], console: Console) -> None:
+    hostile = TargetClient(client.base_url, timeout_s=cfg.timeout_s, keepalive=False)
+    async with hostile:
+        await _drive_scenarios(client, hostile, scenarios, writer, cfg, meta, console)
+
+
+async def _drive_scenarios(client: TargetClient, hostile: TargetClient, scenarios: list[Scenario],
+                           writer: HistoryWriter, cfg: RunConfig, meta: dict[str, Any], console: Console) -> None:
     entries = await client.model_entries()
     caps = await probe(client)
     meta["capabilities"] = caps.to_json()
     solo_mode = solo_isolation(caps)
     meta["solo_isolation"] = solo_mode
-    all_runs = []
+    base_model, adapters = split_models(entries)
+    fields = (caps.openapi.value or {}).get("completions") or [] if isinstance(caps.openapi.value, dict) else []
+    planned: list[tuple[Scenario, list[RunSpec], list[Case]]] = []
     for sc in scenarios:
         models = resolve_models(sc, entries)
         nonce = make_nonce()
         meta["nonces"][sc.name] = nonce
-        all_runs.extend(plan_runs(sc, nonce, models, solo_mode, cfg.counterfactual, cfg.solo, cfg.policy))
-    total = sum(len(p.turn_texts) for r in all_runs for p in r.plans)
+        runs = plan_runs(sc, nonce, models, solo_mode, cfg.counterfactual, cfg.solo, cfg.policy)
+        cases = build_cases(sc, runs[0].plans, fields, models, runs[0].salts, adapters) if sc.adversary else []
+        planned.append((sc, runs, cases))
+    total = sum(len(p.turn_texts) for _, runs, _ in planned for r in runs for p in r.plans)
+    total += sum(len(cases) * (2 if sc.adversary and sc.adversary.alone else 1) for sc, _, cases in planned)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("requests", total=total)
         opts = DriverOptions(on_op=lambda op: progress.advance(task))
         writer.append(await _metrics_snapshot(client, "before"))
-        for spec in all_runs:
-            progress.update(task, description=f"{spec.scenario.name} [{spec.run}]")
-            await drive_run(client, spec, writer, opts)
+        for sc, runs, cases in planned:
+            for spec in runs:
+                progress.update(task, description=f"{sc.name} [{spec.run}]")
+                if spec.run == "main" and cases and sc.adversary:
+                    await asyncio.gather(drive_run(client, spec, writer, opts),
+                                         run_adversary(hostile, sc, cases, base_model, writer, "adversary",
+                                                       sc.adversary.concurrency, opts.on_op))
+                else:
+                    await drive_run(client, spec, writer, opts)
+            if cases and sc.adversary and sc.adversary.alone:
+                progress.update(task, description=f"{sc.name} [adversary-alone]")
+                await run_adversary(hostile, sc, cases, base_model, writer, "adversary-alone", 1, opts.on_op)
+            if cases:
+                writer.append(await health_op(client, sc, base_model))
         writer.append(await _metrics_snapshot(client, "after"))
 
 
@@ -167,9 +191,12 @@ def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
             error = f"target error: {type(exc).__name__}: {exc}"
     history = History(writer.records)
     results = run_checks(history, CheckContext(cfg.tolerance, cfg.policy)) if history.ops else []
-    known = apply_known(results, findings, meta, set(history.scenarios())) if not error else []
+    known = apply_known(results, findings, meta, history) if not error else []
     meta["known_findings"] = [k.to_json() for k in known]
-    verdict = Verdict.UNKNOWN if error else overall(results)
+    # A shown violation stands even when the run stopped early; otherwise an early stop is UNKNOWN.
+    verdict = overall(results)
+    if error and verdict is not Verdict.FAIL:
+        verdict = Verdict.UNKNOWN
     meta["duration_s"] = round(time.time() - started, 1)
     meta["error"] = error
     meta["requests"] = len(history.ops)

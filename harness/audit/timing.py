@@ -62,6 +62,8 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.prompt_words < 1:
+            raise ValueError(f"prompt_words must be at least 1, got {self.prompt_words}")
 
 
 @dataclass
@@ -404,4 +406,7 @@ def judge_cached(result: AuditResult, policy: str) -> CheckResult:
     res.verdict = Verdict.PASS
     res.notes.append(f"no probe reported cached tokens; the control reported a hit in {control_hits} of "
                      f"{len(rounds)} rounds")
+    if control_hits < len(rounds):
+        res.notes.append(f"the control missed in {len(rounds) - control_hits} round(s): evicted, or the cache "
+                         "was reset by other traffic (this costs the timing test power, never correctness)")
     return res

@@ -19,6 +19,11 @@ from harness.history.record import History, Operation
 from harness.verdict import CheckResult, Verdict, Violation
 
 
+def domain_model(op: Operation) -> str:
+    """The model that served the request (the server may resolve an alias such as "")."""
+    return op.served_model or op.model
+
+
 def infer_block_size(ops: list[Operation]) -> int:
     """The gcd of observed non-zero cached counts (1 when none: no rounding)."""
     counts = [o.cached_tokens for o in ops if o.cached_tokens]
@@ -44,15 +49,17 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
     if not ops or all(o.cached_tokens is None for o in ops):
         result.notes.append("the target reported no cached-token counts")
         return result
-    if any(o.prompt_token_ids is None for o in ops if o.cached_tokens):
-        result.notes.append("the target returned no prompt token ids; hits cannot be explained")
-        return result
+    blind = [o for o in ops if o.cached_tokens and o.prompt_token_ids is None]
+    if blind:
+        result.notes.append(f"{len(blind)} hit(s) came without prompt token ids and were not checked "
+                            f"(first: {blind[0].op_id})")
+        ops = [o for o in ops if o.prompt_token_ids is not None]
     block = infer_block_size(ops)
     result.notes.append(f"block size inferred from cached counts: {block}")
     domains: dict[tuple[str, str | None], list[Operation]] = {}
     for o in ops:
-        domains.setdefault((o.model, o.cache_salt), []).append(o)
-    salted_control = {(o.model, o.cache_salt): False for o in ops if o.cache_salt and o.run != "solo"}
+        domains.setdefault((domain_model(o), o.cache_salt), []).append(o)
+    salted_control = {(domain_model(o), o.cache_salt): False for o in ops if o.cache_salt and o.run != "solo"}
     for key, members in domains.items():
         for op in members:
             if not op.cached_tokens:

@@ -75,13 +75,19 @@ def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
        "each conversation replayed alone with no cache reuse gives the same tokens as in the busy run")
 def transparency(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
+    warm = []
     for scenario in history.scenarios():
         solo = history.run_info(scenario, "solo")
         if solo is None:
             continue
         if solo.isolation == "warm":
-            result.notes.append(f"{scenario}: the target offers neither cache salts nor a cache reset; "
-                                "the solo reference may have run warm")
+            warm.append(scenario)
         _compare_conversations("cache-transparency", scenario, "solo", history.ops_of(scenario, "solo"), "main",
                                history.ops_of(scenario, "main"), set(solo.variants), ctx, result)
-    return _decide(result, "solo-replay comparisons")
+    _decide(result, "solo-replay comparisons")
+    if warm and result.verdict is Verdict.PASS:
+        # Fail closed: a reference that may itself have reused cache cannot show transparency.
+        result.verdict = Verdict.UNKNOWN
+        result.notes.append(f"no cache salt or reset could be verified on the target, so the solo reference of "
+                            f"{', '.join(warm)} may have run warm")
+    return result

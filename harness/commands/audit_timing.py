@@ -48,12 +48,13 @@ def plot(result: AuditResult, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     arms = {a: [v * 1000 for v in vs] for a, vs in result.arms().items()}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     data = [arms[a] for a in ARMS]
     if all(data):
-        left.boxplot(data, vert=False, widths=0.5, showfliers=False)
+        left.boxplot(data, orientation="horizontal", widths=0.5, showfliers=False)
     for i, a in enumerate(ARMS, start=1):
         vs = arms[a]
         jitter = [i + 0.18 * ((k * 0.618) % 1 - 0.5) for k in range(len(vs))]
@@ -65,9 +66,12 @@ def plot(result: AuditResult, path: Path) -> None:
     left.set_yticks(range(1, len(ARMS) + 1), [_LABELS[a] for a in ARMS])
     for ax in (left, right):
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("time to first token (ms, log scale)")
     right.set_ylabel("share of requests at or below")
-    right.legend(loc="lower right", fontsize=8)
+    right.legend(loc="upper left", fontsize=8)
     final = result.final
     sub = ""
     if final is not None:
@@ -113,8 +117,12 @@ def audit_timing(args: argparse.Namespace) -> int:
             except LaunchError as exc:
                 console.print(f"error: {exc}")
                 return 2
-        config = AuditConfig(target=target, policy=args.policy, plan=plan, prompt_words=args.prompt_words,
-                             model=args.model, seed=args.seed)
+        try:
+            config = AuditConfig(target=target, policy=args.policy, plan=plan, prompt_words=args.prompt_words,
+                                 model=args.model, seed=args.seed)
+        except ValueError as exc:
+            console.print(f"error: {exc}")
+            return 2
         console.print(f"audit-timing against {target}: policy {config.policy}, alpha {plan.alpha:g} "
                       f"({plan.alpha_per_look:.3g} per look), {plan.min_probes}-{plan.max_probes} probes per arm "
                       f"(at least {need or '-'} needed even for perfect separation)")

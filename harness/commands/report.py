@@ -27,7 +27,7 @@ def report(args: argparse.Namespace) -> int:
         if not (d / "report.json").is_file() and (d / "selftest.json").is_file():
             out = write_selftest_html(d)
         else:
-            out = write_html(d)
+            out = write_html(d, fallback=False)
     except (ReportError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

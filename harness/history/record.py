@@ -53,6 +53,7 @@ class Operation:
     ok: bool
     status: int | None = None
     error: str | None = None
+    served_model: str | None = None
     prompt_token_ids: list[int] | None = None
     output_token_ids: list[int] = field(default_factory=list)
     output_text: str = ""

@@ -85,6 +85,14 @@ class Schedule(_Strict):
     seed: int = 0
 
 
+class Adversary(_Strict):
+    """A hostile tenant probing every client-controlled field (see harness.driver.adversary)."""
+
+    tenant: str = "mallory"
+    concurrency: int = Field(4, ge=1, le=64)
+    alone: bool = Field(True, description="also replay every case alone after the runs")
+
+
 class Scenario(_Strict):
     """One isolation scenario; `description` says what it probes."""
 
@@ -103,6 +111,7 @@ class Scenario(_Strict):
     tenants: list[Tenant] = Field(min_length=1)
     users: list[User] = Field(min_length=1)
     schedule: Schedule = Schedule()
+    adversary: Adversary | None = None
 
     @model_validator(mode="after")
     def _references(self) -> "Scenario":

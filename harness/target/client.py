@@ -77,6 +77,7 @@ class GenerationResult:
     ok: bool
     status: int | None = None
     error: str | None = None
+    served_model: str | None = None  # the model the server says answered (it may resolve aliases)
     output_token_ids: list[int] = field(default_factory=list)
     output_text: str = ""
     prompt_token_ids: list[int] | None = None
@@ -105,6 +106,8 @@ class _Accumulator:
 
     def add(self, payload: dict[str, Any]) -> None:
         r = self.result
+        if isinstance(payload.get("model"), str):
+            r.served_model = payload["model"]
         if payload.get("prompt_token_ids") is not None:
             r.prompt_token_ids = list(payload["prompt_token_ids"])
         usage = payload.get("usage")
@@ -171,10 +174,14 @@ class TargetClient:
         api_key: str | None = None,
         max_connections: int = 512,
         transport: httpx.AsyncBaseTransport | None = None,
+        keepalive: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # keepalive=False gives every request its own connection, so a server that drops a
+        # connection after an error cannot make the *next* request fail in its place.
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections if keepalive else 0)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
