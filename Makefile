@@ -9,7 +9,10 @@ TARGET ?=
 REPORT_DIR ?= reports/latest
 HARNESS_ARGS ?=
 
-.PHONY: setup model serve isolation-check test clean
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: setup model serve isolation-check test clean browser
 
 setup: $(STAMP) model
 
@@ -32,7 +35,11 @@ serve: setup
 isolation-check: setup
 	$(HARNESS) run $(if $(TARGET),--target $(TARGET),--known-findings known-findings.yaml) --report-dir $(REPORT_DIR) $(HARNESS_ARGS)
 
-test: setup
+# Headless Chromium for the HTML report tests (Debian package `chromium`); a no-op when present.
+browser:
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: setup browser
 	$(PY) -m pytest -q -ra
 
 clean:

@@ -169,6 +169,9 @@ class ExploreConfig:
     fault: str | None = None
     fault_seed: int = 0
     max_shrink_runs: int = 60
+    confirm: int = 1
+    """Extra runs the first failure of a search must also FAIL before it is shrunk (a shared server's
+    other traffic can make one run fail spuriously; a phantom is then counted, not shrunk)."""
     batch: int = 25
     counterfactual: bool = True
     solo: bool = True
@@ -200,6 +203,8 @@ class ExploreResult:
     cross_user_hits: int = 0
     drift: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
+    confirm_runs: int = 0
+    unconfirmed: list[str] = field(default_factory=list)
     searches: int = 0
     found: list[Found] = field(default_factory=list)
     aborted: str | None = None
@@ -214,7 +219,8 @@ class ExploreResult:
     def summary(self) -> dict[str, Any]:
         return {
             "seed": self.seed, "examples": self.examples, "generated": self.generated,
-            "shrink_runs": self.shrink_runs, "seconds": round(self.seconds, 1), "requests": self.requests,
+            "shrink_runs": self.shrink_runs, "confirm_runs": self.confirm_runs,
+            "unconfirmed_failures": self.unconfirmed, "seconds": round(self.seconds, 1), "requests": self.requests,
             "cross_user_hits": self.cross_user_hits, "drift": self.drift, "verdicts": dict(self.verdicts),
             "searches": self.searches, "aborted": self.aborted,
             "failures": [{"file": str(f.path), "reproduced": f.reproduced, "report_dir": str(f.report_dir),
@@ -240,7 +246,7 @@ class _Search:
     """The hypothesis test body and the bookkeeping around it."""
 
     def __init__(self, cfg: ExploreConfig, result: ExploreResult, console: Console,
-                 on_example: Callable[[Scenario, ExampleStats, bool], None] | None) -> None:
+                 on_example: Callable[[Scenario, ExampleStats, str], None] | None) -> None:
         self.cfg, self.result, self.console, self.on_example = cfg, result, console, on_example
         self.deadline = time.monotonic() + cfg.time_s if cfg.time_s else None
         self.not_failing: set[str] = set()
@@ -266,6 +272,17 @@ class _Search:
         if self.shrinking and self.shrink_runs >= self.cfg.max_shrink_runs and key not in self.failed:
             return
         stats = self._run(scenario)
+        if stats.verdict is Verdict.FAIL and not self.shrinking:
+            for _ in range(self.cfg.confirm):
+                again = self._run(scenario, confirming=True)
+                if again.verdict is not Verdict.FAIL:
+                    # Keep the failing run's reports: a flaky violation may still be a real bug.
+                    kept = self.failure_dir("unconfirmed-" + scenario.name)
+                    shutil.rmtree(kept, ignore_errors=True)
+                    shutil.move(self.failure_dir(scenario.name), kept)
+                    self.result.unconfirmed.append(str(kept))
+                    stats = again
+                    break
         if stats.verdict is Verdict.FAIL:
             self.failed[key] = (scenario, stats.violations)
             self.last_failed = key
@@ -273,7 +290,7 @@ class _Search:
             raise ScenarioFailed(key, stats.violations)
         self.not_failing.add(key)
 
-    def _run(self, scenario: Scenario) -> ExampleStats:
+    def _run(self, scenario: Scenario, confirming: bool = False) -> ExampleStats:
         cfg, res = self.cfg, self.result
         run_dir = cfg.report_dir / "current"
         t0 = time.monotonic()
@@ -281,7 +298,9 @@ class _Search:
                                counterfactual=cfg.counterfactual, solo=cfg.solo, timeout_s=cfg.timeout_s)
         stats = stats_of(outcome, time.monotonic() - t0)
         res.examples += 1
-        if self.shrinking:
+        if confirming:
+            res.confirm_runs += 1
+        elif self.shrinking:
             self.shrink_runs += 1
             res.shrink_runs += 1
         else:
@@ -297,7 +316,7 @@ class _Search:
         if stats.error and not _alive(cfg.target):
             res.aborted = f"target stopped answering: {stats.error}"
         if self.on_example:
-            self.on_example(scenario, stats, self.shrinking)
+            self.on_example(scenario, stats, "confirm" if confirming else "shrink" if self.shrinking else "")
         return stats
 
     def failure_dir(self, key: str) -> Path:
@@ -305,7 +324,7 @@ class _Search:
 
 
 def explore(cfg: ExploreConfig, console: Console | None = None,
-            on_example: Callable[[Scenario, ExampleStats, bool], None] | None = None) -> ExploreResult:
+            on_example: Callable[[Scenario, ExampleStats, str], None] | None = None) -> ExploreResult:
     """Search for a failing scenario against `cfg.target`; shrink, save and report what was found."""
     from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
     from hypothesis.errors import Flaky
@@ -374,9 +393,10 @@ def _save(cfg: ExploreConfig, search: _Search, key: str, reproduced: bool, found
 
 
 def _prune_failures(folder: Path, keep: set[str]) -> None:
-    """Drop the report folders of intermediate (non-minimal) failures seen while shrinking."""
+    """Drop the report folders of intermediate (non-minimal) failures seen while shrinking
+    (unconfirmed ones stay)."""
     if not folder.is_dir():
         return
     for d in folder.iterdir():
-        if d.is_dir() and d.name not in keep:
+        if d.is_dir() and d.name not in keep and not d.name.startswith("unconfirmed-"):
             shutil.rmtree(d, ignore_errors=True)

@@ -11,10 +11,11 @@ class Verdict(str, Enum):
     PASS = "pass"
     FAIL = "fail"
     UNKNOWN = "unknown"
+    NOT_APPLICABLE = "n/a"  # a check's own state only: nothing in this run was in its scope
 
     @property
     def exit_code(self) -> int:
-        return {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.UNKNOWN: 2}[self]
+        return {Verdict.PASS: 0, Verdict.FAIL: 1}.get(self, 2)
 
 
 @dataclass
@@ -43,7 +44,10 @@ class CheckResult:
 
 
 def overall(results: list[CheckResult]) -> Verdict:
-    """FAIL if any check failed; else UNKNOWN if any could not decide; else PASS."""
+    """FAIL if any check failed; else UNKNOWN if any could not decide; else PASS. Checks with
+    nothing in their scope (e.g. no adversarial tenant in the run) do not count, but at least
+    one check must have decided."""
+    results = [r for r in results if r.verdict is not Verdict.NOT_APPLICABLE]
     if not results:
         return Verdict.UNKNOWN
     if any(r.verdict is Verdict.FAIL for r in results):

@@ -123,7 +123,7 @@ def synth_folder(d: Path, *, scenarios: int = 1, users: int = 3, turns: int = 1,
                             prompt_token_ids=prompt, output_token_ids=out_ids,
                             output_text=" ".join(f"w{t}" for t in out_ids),
                             token_logprobs=[-0.5] * 16,
-                            top_logprobs=[{t: -0.5, t + 1: -1.5, t + 2: -2.0, t + 3: -2.5, t + 4: -3.0} for t in out_ids],
+                            top_logprobs=[{t + k: -0.5 - k / 2 for k in range(5)} for t in out_ids],
                             cached_tokens=cached, prompt_tokens=len(prompt), ttft_s=0.03, finish_reason="length")
                         ops.append(op)
             clock += 0.5

@@ -21,6 +21,7 @@ def availability(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
     ops = [o for o in history.ops if o.run.startswith("adversary")]
     if not ops:
+        result.verdict = Verdict.NOT_APPLICABLE
         result.notes.append("no scenario had an adversarial tenant")
         return result
     result.exercised = len(ops)

@@ -24,6 +24,8 @@ def _configure_explore(p: argparse.ArgumentParser) -> None:
     p.add_argument("--found-dir", type=Path, default=None,
                    help="where minimal counterexamples are saved (default scenarios/found/)")
     p.add_argument("--shrink-runs", type=int, default=60, help="most runs spent shrinking a failure (default 60)")
+    p.add_argument("--confirm", type=int, default=1,
+                   help="extra runs a first failure must also fail before it is shrunk (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
 
 
@@ -33,16 +35,16 @@ def _print_example(console: Console, counter: list[int]):  # type: ignore[no-unt
 
     style = {"pass": "green", "fail": "bold red", "unknown": "yellow"}
 
-    def show(scenario: Scenario, stats: ExampleStats, shrinking: bool) -> None:
+    def show(scenario: Scenario, stats: ExampleStats, phase: str) -> None:
         counter[0] += 1
         v = stats.verdict.value
         turns = max(u.turns for u in scenario.users)
         what = (f"{len(scenario.users)}u/{len(scenario.tenants)}t/{turns}turn {scenario.endpoint} "
                 f"{scenario.schedule.interleaving} {scenario.sampling.mode} ({scenario.description.split(':')[1].split(',')[0].strip()})")
         extra = f"  {stats.violations[0][:100]}" if stats.violations else (f"  {stats.error[:100]}" if stats.error else "")
-        console.print(f"[{counter[0]:>4}]{' shrink' if shrinking else '       '} [{style[v]}]{v.upper():7}[/] "
+        console.print(f"[{counter[0]:>4}] {phase:7} [{style[v]}]{v.upper():7}[/] "
                       f"{stats.seconds:5.1f}s req {stats.requests:3} hits {stats.cross_user_hits:2}  {what}{extra}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
     return show
 
@@ -50,7 +52,7 @@ def _print_example(console: Console, counter: list[int]):  # type: ignore[no-unt
 @command("explore", _configure_explore)
 def explore_cmd(args: argparse.Namespace) -> int:
     """Search generated scenarios with hypothesis for an isolation violation; shrink and save it (exit 1 if found)."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         from harness.explore import ExploreConfig, explore, target_url
     except ImportError as exc:  # hypothesis is a test extra
@@ -72,16 +74,20 @@ def explore_cmd(args: argparse.Namespace) -> int:
         with target_url(args.target, console) as url:
             cfg = ExploreConfig(target=url, examples=None if args.time else (args.examples or 20),
                                 time_s=args.time, seed=seed, report_dir=args.report_dir, found_dir=args.found_dir,
-                                fault=args.fault, max_shrink_runs=args.shrink_runs, timeout_s=args.timeout)
+                                fault=args.fault, max_shrink_runs=args.shrink_runs, confirm=args.confirm,
+                                timeout_s=args.timeout)
             result = explore(cfg, console, on_example=_print_example(console, [0]))
     except LaunchError as exc:
         console.print(f"error: {exc}")
         return 2
     s = result.summary()
     console.print(f"examples run: {s['examples']} ({s['generated']} generated, {s['shrink_runs']} while shrinking, "
+                  f"{s['confirm_runs']} confirming, "
                   f"{s['searches']} search(es))   seconds: {s['seconds']}   requests: {s['requests']}   "
                   f"cross-user cache hits: {s['cross_user_hits']}   drift: {s['drift']}", highlight=False)
     console.print(f"verdicts: {dict(result.verdicts)}   failures: {len(result.found)}", highlight=False)
+    for d in result.unconfirmed:
+        console.print(f"[yellow]a FAIL that did not fail again on a confirming run (flaky):[/] {d}")
     if result.aborted:
         console.print(f"[bold yellow]stopped early:[/] {result.aborted}")
     for f in result.found:

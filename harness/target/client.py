@@ -4,13 +4,21 @@ Speaks `/v1/completions` and `/v1/chat/completions`, streaming (SSE) and not, an
 token ids, top logprobs keyed by token id and cached-token counts. A failed request is a result
 with `ok=False` and its status and error body, never an exception: the driver records it.
 A cached-token count that the server did not report is `None` (unknown), never 0.
+
+Transport: httpx's API throughout, over aiohttp (the `httpx-aiohttp` package) when it is
+installed, which costs several times less CPU per request than httpx's own transport (see
+bench/README.md); aiohttp's errors are mapped onto httpx's, so failures read as before. Set
+`HARNESS_HTTP_TRANSPORT=httpx` to force httpx's own transport (`aiohttp` to require the other).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -163,6 +171,78 @@ class _Accumulator:
         return r
 
 
+def _aiohttp_error_as_httpx(exc: BaseException, request: httpx.Request) -> BaseException:
+    """The httpx exception a given aiohttp (or httpx-aiohttp-mapped) exception stands for."""
+    import aiohttp
+
+    cause = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ is not None else exc
+    table: list[tuple[type[BaseException], type[httpx.TransportError]]] = [
+        (aiohttp.ClientConnectorError, httpx.ConnectError),
+        (getattr(aiohttp, "ConnectionTimeoutError", ()), httpx.ConnectTimeout),
+        (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
+        (asyncio.TimeoutError, httpx.ReadTimeout),
+        (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
+        (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),
+        (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
+        (aiohttp.ClientOSError, httpx.ReadError),
+        (aiohttp.ClientError, httpx.TransportError),
+    ]
+    for kind, mapped in table:
+        if kind and isinstance(cause, kind):
+            return mapped(str(cause) or type(cause).__name__, request=request)
+    return exc
+
+
+def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """httpx-aiohttp's transport, with every aiohttp error raised as the matching httpx error."""
+    from httpx_aiohttp import AiohttpTransport
+
+    class _Stream(httpx.AsyncByteStream):
+        def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request) -> None:
+            self._inner, self._request = inner, request
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            try:
+                async for chunk in self._inner:
+                    yield chunk
+            except Exception as exc:
+                mapped = _aiohttp_error_as_httpx(exc, self._request)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    class _Transport(AiohttpTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                response = await super().handle_async_request(request)
+            except Exception as exc:
+                mapped = _aiohttp_error_as_httpx(exc, request)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            response.stream = _Stream(response.stream, request)  # type: ignore[arg-type]
+            return response
+
+    return _Transport(limits=limits)
+
+
+def default_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
+    """The transport TargetClient uses unless given one: aiohttp's when `httpx-aiohttp` is
+    installed (HARNESS_HTTP_TRANSPORT=auto, the default, or =aiohttp), else None (httpx's own)."""
+    choice = os.environ.get("HARNESS_HTTP_TRANSPORT", "auto").strip().lower()
+    if choice == "httpx":
+        return None
+    try:
+        return _aiohttp_transport(limits)
+    except ImportError:
+        if choice == "aiohttp":
+            raise
+        return None
+
+
 class TargetClient:
     """An httpx-based async client for one OpenAI-compatible base URL."""
 
@@ -187,7 +267,7 @@ class TargetClient:
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=headers,
             limits=limits,
-            transport=transport,
+            transport=transport if transport is not None else default_transport(limits),
         )
 
     async def __aenter__(self) -> "TargetClient":

@@ -1,0 +1,65 @@
+"""A reproducer per violation: the scenario cut down to the users involved, plus curl commands.
+
+The YAML's header comment carries the seed, the run's nonce and the violation in plain words;
+`requests.sh` replays the exact requests (bodies as sent) against the target.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from harness.history.record import History, Operation
+from harness.scenario.io import dump_scenario
+from harness.scenario.model import Scenario
+from harness.verdict import Violation
+
+
+def involved_users(scenario: Scenario, users: list[str]) -> set[str]:
+    """The violation's users plus every user sharing a prefix with one of them."""
+    named = set(users)
+    prefixes = {p for u in scenario.users if u.name in named for p in u.prefixes}
+    return named | {u.name for u in scenario.users if prefixes & set(u.prefixes)}
+
+
+def curl_command(base_url: str, op: Operation, background: bool = False) -> str:
+    path = "/v1/completions" if op.endpoint == "completions" else "/v1/chat/completions"
+    body = json.dumps(op.request, indent=1)
+    return (f"# {op.op_id} (user {op.user}, tenant {op.tenant})\n"
+            f"curl -sS {shlex.quote(base_url + path)} -H 'Content-Type: application/json' --data-binary @- <<'JSON'"
+            f"{' &' if background else ''}\n{body}\nJSON\n" + ("" if background else "echo"))
+
+
+def concurrent_ops(history: History, op: Operation) -> list[Operation]:
+    """The requests of op's run that were in flight at the same time as op (op included)."""
+    return [o for o in history.ops_of(op.scenario, op.run)
+            if o.invoke_s < op.complete_s and op.invoke_s < o.complete_s]
+
+
+def write_reproducer(folder: Path, index: int, violation: Violation, scenario: Scenario | None,
+                     history: History, base_url: str) -> Path:
+    out = folder / f"{index:03d}-{violation.check}-{violation.scenario}"
+    out.mkdir(parents=True, exist_ok=True)
+    main = history.run_info(violation.scenario, "main")
+    header = "\n".join([
+        f"Reproducer for a {violation.check} violation in scenario {violation.scenario!r}",
+        violation.message,
+        f"seed: {scenario.seed if scenario else '?'}   nonce:{main.nonce if main else '?'}",
+        f"replay: harness run --scenario {out / 'scenario.yaml'} --target URL",
+    ])
+    if scenario is not None:
+        cut = scenario.restricted_to(involved_users(scenario, violation.users))
+        (out / "scenario.yaml").write_text(dump_scenario(cut, header))
+    ops = {o.op_id: o for o in history.ops}
+    lines = ["#!/usr/bin/env sh", "# " + violation.message.replace("\n", " "), "# The exact requests involved:"]
+    lines += [curl_command(base_url, ops[i]) for i in violation.op_ids if i in ops]
+    observed = ops.get(violation.op_ids[-1]) if violation.op_ids else None
+    batch = concurrent_ops(history, observed) if observed is not None else []
+    if len(batch) > 1:
+        lines += ["", f"# The {len(batch)} requests that were in flight together with {observed.op_id}, sent",
+                  "# concurrently (a violation that needs batching only shows when they share a batch):"]
+        lines += [curl_command(base_url, o, background=True) for o in batch] + ["wait", "echo"]
+    (out / "requests.sh").write_text("\n".join(lines) + "\n")
+    (out / "violation.json").write_text(json.dumps(violation.__dict__, indent=2, default=str))
+    return out
