@@ -52,7 +52,7 @@ RUN_OPTIONS = frozenset({"policy", "tolerance", "timeout", "seed", "counterfactu
 class IsolationFailure(AssertionError):
     """An isolation run whose verdict was not PASS; the message carries the evidence and reproducers."""
 
-    def __init__(self, message: str, outcome: "RunOutcome") -> None:
+    def __init__(self, message: str, outcome: RunOutcome) -> None:
         super().__init__(message)
         self.outcome = outcome
 
@@ -146,7 +146,7 @@ def isolation_settings(pytestconfig: pytest.Config) -> IsolationSettings:
     try:
         return settings_from(pytestconfig)
     except ConfigError as exc:
-        pytest.fail(f"isolation configuration: {exc}", pytrace=False)
+        raise pytest.fail.Exception(f"isolation configuration: {exc}", pytrace=False) from None
 
 
 @pytest.fixture(scope="session")
@@ -172,7 +172,7 @@ def isolation_target(isolation_settings: IsolationSettings) -> Iterator[str]:
 
 @pytest.fixture
 def run_scenario(request: pytest.FixtureRequest, isolation_target: str,
-                 isolation_settings: IsolationSettings) -> "ScenarioRunner":
+                 isolation_settings: IsolationSettings) -> ScenarioRunner:
     """A callable: `run_scenario(path | Scenario | yaml_text, **options) -> RunOutcome`."""
     marker = request.node.get_closest_marker(MARKER)
     defaults = dict(marker.kwargs) if marker else {}
@@ -196,12 +196,13 @@ class ScenarioRunner:
         self.settings = settings
         self.defaults = defaults
         self.outcomes: list[RunOutcome] = []
+        self._calls = 0
 
-    def __call__(self, scenario: "str | Path | Scenario | Sequence[str | Path | Scenario]", *,
+    def __call__(self, scenario: str | Path | Scenario | Sequence[str | Path | Scenario], *,
                  policy: str | None = None, tolerance: float | None = None, timeout: float | None = None,
                  seed: int | None = None, counterfactual: bool | None = None, solo: bool | None = None,
                  known_findings: str | Path | None = None, check: bool | None = None,
-                 allow_unknown: bool | None = None) -> "RunOutcome":
+                 allow_unknown: bool | None = None) -> RunOutcome:
         """Run `scenario` (a file or folder path, a `Scenario`, YAML text, or a list of these)
         against the target; return the outcome. With `check` (the default) a verdict other than
         PASS raises `IsolationFailure` with the violations and reproducers in its message;
@@ -210,7 +211,7 @@ class ScenarioRunner:
         given = {"policy": policy, "tolerance": tolerance, "timeout": timeout, "seed": seed,
                  "counterfactual": counterfactual, "solo": solo, "known_findings": known_findings,
                  "check": check, "allow_unknown": allow_unknown}
-        opts = {k: v for k, v in self.defaults.items()} | {k: v for k, v in given.items() if v is not None}
+        opts = dict(self.defaults) | {k: v for k, v in given.items() if v is not None}
         report_dir = self._next_report_dir()
         paths = scenario_paths(scenario, report_dir.parent / f"{report_dir.name}-input", self._test_dir())
         s = self.settings
@@ -239,17 +240,17 @@ class ScenarioRunner:
             base = self.settings.report_root / _safe_name(self.request.node.nodeid)
         else:
             base = self.request.getfixturevalue("tmp_path") / "isolation"
-        n = len(self.outcomes) + 1
-        return base if n == 1 else base.with_name(f"{base.name}-{n}")
+        self._calls += 1
+        return base if self._calls == 1 else base.with_name(f"{base.name}-{self._calls}")
 
 
-def _run_config(**kw: Any) -> "RunConfig":
+def _run_config(**kw: Any) -> RunConfig:
     from harness.pipeline import RunConfig
 
     return RunConfig(**kw)
 
 
-def run_config(cfg: "RunConfig") -> "RunOutcome":
+def run_config(cfg: RunConfig) -> RunOutcome:
     """`run_isolation(cfg)`, also from inside a running event loop (then in a worker thread)."""
     from harness.pipeline import run_isolation
 
@@ -304,7 +305,7 @@ def _safe_name(text: str) -> str:
 # --- assertion and failure message ----------------------------------------------------------------
 
 
-def assert_isolated(outcome: "RunOutcome", allow_unknown: bool = False) -> None:
+def assert_isolated(outcome: RunOutcome, allow_unknown: bool = False) -> None:
     """Raise `IsolationFailure` unless the verdict is PASS (or UNKNOWN with `allow_unknown`)."""
     __tracebackhide__ = True
     from harness.verdict import Verdict
@@ -314,13 +315,13 @@ def assert_isolated(outcome: "RunOutcome", allow_unknown: bool = False) -> None:
     raise IsolationFailure(format_outcome(outcome), outcome)
 
 
-def format_outcome(outcome: "RunOutcome") -> str:
+def format_outcome(outcome: RunOutcome) -> str:
     """The failure message: verdict, each violation in words, then the reproducers inline."""
     from harness.verdict import Verdict
 
     d = outcome.report_dir
-    lines = [f"isolation verdict {outcome.verdict.value.upper()} (report: {d / 'report.json'}, "
-             f"junit: {d / 'junit.xml'}, history: {d / 'history.jsonl'})"]
+    lines = [f"isolation verdict {outcome.verdict.value.upper()}; report folder {d} "
+             "(report.html, report.json, junit.xml, history.jsonl)"]
     if outcome.error:
         lines.append(f"the run stopped early: {outcome.error}")
     violations = [v for r in outcome.results for v in r.violations]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness.checks.compare import DEFAULT_TOLERANCE
 from harness.cli import command
@@ -30,7 +31,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-dir", type=Path, default=None, help="where reports go (default: reports/latest)")
     p.add_argument("--seed", type=int, default=None, help="override every scenario's content seed")
     p.add_argument("--tolerance", type=float, default=None,
-                   help=f"near-tie margin in nats below which a divergence counts as drift (default {DEFAULT_TOLERANCE})")
+                   help="near-tie margin in nats below which a divergence counts as drift "
+                   f"(default {DEFAULT_TOLERANCE})")
     p.add_argument("--policy", choices=("shared-prefix", "salted"), default=None,
                    help="shared-prefix: tenants may share cache, outputs must equal the oracle's; salted: each "
                    "tenant sends its own cache salt and no cross-tenant reuse may be observable "
@@ -44,7 +46,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="skip the counterfactual re-runs")
 
 
-def settings(args: argparse.Namespace) -> dict[str, object]:
+def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings: flags over the configuration file over RUN_DEFAULTS (raises ConfigError)."""
     file = load_config(getattr(args, "config", None))
     if file.source is not None:
