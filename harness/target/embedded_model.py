@@ -1,9 +1,12 @@
 """Build the embedded server's tiny model: deterministic from a seed, no download.
 
-The model is the oracle's instrument: a float32 Llama-architecture network with seeded random
-weights whose greedy output depends sharply on its context, a byte-level BPE tokenizer trained
-locally on the harness's word pool (so each pool word is one token), a chat template, and two
-LoRA adapters in PEFT format. Everything lands in a cache folder keyed by the build recipe, so a
+The model is the oracle's instrument: a float32 Llama-architecture network whose greedy output
+depends sharply on its context, a byte-level BPE tokenizer trained locally on the harness's word
+pool (so each pool word is one token), a chat template, and two LoRA adapters in PEFT format.
+By default its weights are seeded random plus a hand-built induction circuit
+(harness/target/induction.py) that reproduces an earlier span once the span's first two tokens
+recur, so context leaked into a prompt shows up as visible text; harness/target/sensitivity.py
+measures both properties. Everything lands in a cache folder keyed by the build recipe, so a
 second build is a no-op.
 
 Needs the `embedded` extra (torch, transformers, tokenizers, safetensors).
@@ -18,8 +21,12 @@ import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.scenario.words import draw_words, word_pool
+
+if TYPE_CHECKING:
+    from harness.target.induction import CircuitSpec
 
 RECIPE_VERSION = 4
 DEFAULT_SEED = 1234
@@ -36,24 +43,27 @@ class ModelRecipe:
     """Everything that determines the built model; its hash names the cache folder."""
 
     seed: int = DEFAULT_SEED
-    hidden_size: int = 512
-    intermediate_size: int = 512
+    hidden_size: int = 768
+    intermediate_size: int = 832
     num_layers: int = 2
-    num_heads: int = 4
+    num_heads: int = 6
     head_dim: int = 128
     init_std: float = 0.2
     lora_rank: int = 8
     lora_std: float = 0.3
-    # The hand-built induction circuit (harness/target/induction.py); False gives the plain
-    # seeded random model (hidden 256, 4 heads of 64 in the earlier recipes).
+    # The hand-built induction circuit (harness/target/induction.py) and its gains; False gives
+    # the plain seeded random model (ModelRecipe.plain() has the sizes it was tuned at).
     induction: bool = True
     rope_theta: float = 1e12
     prev_score: float = 60.0
-    match_score: float = 14.0
+    code_dim: int = 80
+    match_score: float = 10.0
     copy_logit: float = 30.0
+    random_gain: float = 4.0
+    lm_std: float = 0.2
     version: int = RECIPE_VERSION
 
-    def circuit_spec(self):
+    def circuit_spec(self) -> "CircuitSpec":
         """The induction circuit's sizes and gains for this recipe."""
         from harness.target.induction import CircuitSpec
 
@@ -67,6 +77,9 @@ class ModelRecipe:
             prev_score=self.prev_score,
             match_score=self.match_score,
             copy_logit=self.copy_logit,
+            random_gain=self.random_gain,
+            code_dim=self.code_dim,
+            lm_std=self.lm_std,
         )
 
     def digest(self) -> str:
@@ -79,7 +92,9 @@ class ModelRecipe:
     @classmethod
     def plain(cls, **kw: object) -> "ModelRecipe":
         """The earlier plain random model: no induction circuit, hidden 256, 4 heads of 64."""
-        base = dict(hidden_size=256, head_dim=64, induction=False, rope_theta=10000.0)
+        base = dict(
+            hidden_size=256, num_heads=4, head_dim=64, intermediate_size=512, induction=False, rope_theta=10000.0
+        )
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
 
@@ -136,6 +151,7 @@ def _save_tokenizer(tok, out: Path) -> None:
 def _build_weights(
     recipe: ModelRecipe, vocab_size: int, special_ids: list[int], word_ids: list[int], out: Path
 ) -> None:
+    """Write config and weights: seeded random plus the induction circuit, or plain random."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -242,9 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the embedded tiny model (idempotent).")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--no-measure", action="store_true", help="skip the in-process sensitivity figures")
     args = parser.parse_args(argv)
     path = build(cache_dir=args.cache_dir, force=args.force)
     print(path)
+    if not args.no_measure:
+        # The figures say whether this model can make a leak visible (harness.target.sensitivity).
+        from harness.target.sensitivity import in_process
+
+        print(f"sensitivity (in-process): {in_process(path).summary()}")
     return 0
 
 

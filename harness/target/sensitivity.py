@@ -69,6 +69,7 @@ class SensitivityReport:
 
     @property
     def copies(self) -> bool:
+        """True when the model reproduces leaked spans often enough (figure (d) on target)."""
         return self.copy_fraction is not None and self.copy_fraction >= TARGET_COPY_FRACTION
 
     def summary(self) -> str:
@@ -102,7 +103,7 @@ def _prompt(rng: random.Random, words: Sequence[int], n: int) -> list[int]:
 
 
 def _copy_prompt(rng: random.Random, words: Sequence[int], n: int) -> tuple[list[int], list[int]]:
-    """A prompt of n tokens holding an 8-token span early and its first 2 tokens at the end.
+    """A prompt of n tokens holding an 8-token span at a random place and its first 2 at the end.
 
     The span's tokens are distinct and appear nowhere else in the prompt, so the only way to
     continue with the rest of the span is to have copied it from the context.
@@ -202,7 +203,7 @@ def greedy(model: Any, ids: Any, max_tokens: int) -> Any:
     """Batched greedy continuation of equal-length prompts with a KV cache; no early stop."""
     import torch
 
-    res = model(input_ids=ids, use_cache=True)
+    res = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     past = res.past_key_values
     nxt = res.logits[:, -1].argmax(-1)
     toks = [nxt]
@@ -252,6 +253,9 @@ class ServerGenerator:
         self._http.close()
 
     def one(self, prompt: Sequence[int], model: str, max_tokens: int) -> list[int]:
+        """The greedy continuation of one token-id prompt (`ignore_eos`: always max_tokens)."""
+        import httpx
+
         body = {
             "model": model,
             "prompt": list(prompt),
@@ -260,7 +264,15 @@ class ServerGenerator:
             "ignore_eos": True,
             "return_token_ids": True,
         }
-        resp = self._http.post("/v1/completions", json=body)
+        for attempt in range(3):
+            try:
+                resp = self._http.post("/v1/completions", json=body)
+                break
+            except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError):
+                # A pooled keep-alive connection the server closed while idle: greedy requests
+                # are idempotent, so send again on a fresh connection.
+                if attempt == 2:
+                    raise
         if resp.status_code != 200:
             raise RuntimeError(f"{model}: HTTP {resp.status_code}: {resp.text[:500]}")
         ids = resp.json()["choices"][0].get("token_ids")
