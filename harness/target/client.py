@@ -5,6 +5,12 @@ token ids, top logprobs keyed by token id and cached-token counts. A failed requ
 with `ok=False` and its status and error body, never an exception: the driver records it.
 A cached-token count that the server did not report is `None` (unknown), never 0.
 
+A server that keys logprobs by token *text* and returns no token ids (llama.cpp's Python server)
+gets its ids recovered through its own tokenizer: each generated token's text is sent to
+`POST /extras/tokenize` (cached per client) and must come back as exactly one id; if any
+position cannot be mapped, the whole output text is tokenized instead. `token_ids_source`
+says which happened ("server", "tokenize", "tokenize-text"), so checks can say so.
+
 Transport: httpx's API throughout, over aiohttp (the `httpx-aiohttp` package) when it is
 installed, which costs several times less CPU per request than httpx's own transport (see
 bench/README.md); aiohttp's errors are mapped onto httpx's, so failures read as before. Set
@@ -96,6 +102,9 @@ class GenerationResult:
     ttft_s: float | None = None
     latency_s: float | None = None
     finish_reason: str | None = None
+    # "server": ids as the server sent them; "tokenize": each token's text mapped to one id by the
+    # server's /extras/tokenize; "tokenize-text": the whole output text tokenized; None: no ids.
+    token_ids_source: str | None = None
 
 
 def _token_id(token: str) -> int | None:
@@ -111,6 +120,8 @@ class _Accumulator:
         self.result = GenerationResult(ok=True)
         self._ids_from_logprobs: list[int] = []
         self._ids_from_field: list[int] | None = None
+        self.token_texts: list[str] = []  # generated tokens given only as text (no token_id: keys)
+        self.top_texts: list[dict[str, float]] = []  # their top logprobs, keyed by text
 
     def add(self, payload: dict[str, Any]) -> None:
         r = self.result
@@ -155,6 +166,9 @@ class _Accumulator:
                 tops = (lp.get("top_logprobs") or [])
                 top = tops[i] if i < len(tops) and tops[i] else {}
                 r.top_logprobs.append({t: float(v) for k, v in top.items() if (t := _token_id(k)) is not None})
+                if tid is None and isinstance(tok, str):
+                    self.token_texts.append(tok)
+                    self.top_texts.append({k: float(v) for k, v in top.items() if v is not None})
         else:
             for entry in lp.get("content") or []:
                 tid = _token_id(entry.get("token", ""))
@@ -164,10 +178,16 @@ class _Accumulator:
                 r.top_logprobs.append(
                     {t: float(e["logprob"]) for e in entry.get("top_logprobs") or [] if (t := _token_id(e.get("token", ""))) is not None}
                 )
+                if tid is None and isinstance(entry.get("token"), str):
+                    self.token_texts.append(entry["token"])
+                    self.top_texts.append({e["token"]: float(e["logprob"]) for e in entry.get("top_logprobs") or []
+                                           if isinstance(e.get("token"), str) and e.get("logprob") is not None})
 
     def finish(self) -> GenerationResult:
         r = self.result
         r.output_token_ids = self._ids_from_field if self._ids_from_field is not None else self._ids_from_logprobs
+        if r.output_token_ids:
+            r.token_ids_source = "server"
         return r
 
 
@@ -262,12 +282,16 @@ class TargetClient:
         # connection after an error cannot make the *next* request fail in its place.
         limits = httpx.Limits(max_connections=max_connections,
                               max_keepalive_connections=max_connections if keepalive else 0)
+        self._text_ids: dict[str, int | None] = {}  # token text -> id, via /extras/tokenize
+        self._tokenize_endpoint: bool | None = None  # None: not tried yet
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=headers,
             limits=limits,
-            transport=transport if transport is not None else default_transport(limits),
+            # Without keep-alive, httpx's own transport: it honours "no connection reuse", which
+            # aiohttp's pool does not, and hostile traffic is no throughput path.
+            transport=transport if transport is not None else (default_transport(limits) if keepalive else None),
         )
 
     async def __aenter__(self) -> "TargetClient":
@@ -296,6 +320,8 @@ class TargetClient:
             return _failed(acc.result.status, f"{type(exc).__name__}: {exc}", start)
         result = acc.finish()
         result.latency_s = time.perf_counter() - start
+        if result.ok and not result.output_token_ids and (acc.token_texts or result.output_text):
+            await self._recover_ids(req, acc, result)
         if not result.output_token_ids and result.finish_reason is None:
             result.ok = False
             result.error = result.error or "response carried no choice"
@@ -324,6 +350,57 @@ class TargetClient:
                 acc.add(payload)
             if not done:
                 raise httpx.RemoteProtocolError("stream ended without [DONE]")
+
+    # --- token ids from text (servers that key logprobs by text) -------------------------------
+
+    async def tokenize(self, model: str | None, text: str) -> list[int] | None:
+        """The server's own tokenization of `text` via POST /extras/tokenize (None: not offered)."""
+        if self._tokenize_endpoint is False:
+            return None
+        try:
+            resp = await self._http.post("/extras/tokenize", json={"model": model, "input": text})
+        except httpx.HTTPError:
+            return None
+        if resp.status_code in (404, 405):
+            self._tokenize_endpoint = False
+            return None
+        try:
+            tokens = resp.json().get("tokens") if resp.status_code == 200 else None
+        except (ValueError, AttributeError):
+            tokens = None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            return None
+        self._tokenize_endpoint = True
+        return tokens
+
+    async def _text_id(self, model: str | None, text: str) -> int | None:
+        if text not in self._text_ids:
+            ids = await self.tokenize(model, text) if text else None
+            self._text_ids[text] = ids[0] if ids is not None and len(ids) == 1 else None
+        return self._text_ids[text]
+
+    async def _recover_ids(self, req: GenerationRequest, acc: _Accumulator, result: GenerationResult) -> None:
+        """Map each generated token's text to one id; else tokenize the whole output text."""
+        model = req.model or result.served_model  # llama.cpp answers with its file path as model
+        ids = [await self._text_id(model, t) for t in acc.token_texts]
+        if acc.token_texts and all(i is not None for i in ids) and "".join(acc.token_texts) == result.output_text:
+            result.output_token_ids = [i for i in ids if i is not None]
+            result.token_ids_source = "tokenize"
+            tops: list[dict[int, float]] = []
+            for top in acc.top_texts:
+                mapped: dict[int, float] = {}
+                for text, lp in top.items():
+                    tid = await self._text_id(model, text)
+                    if tid is not None:
+                        mapped[tid] = lp
+                tops.append(mapped)
+            if len(tops) == len(result.top_logprobs):
+                result.top_logprobs = tops
+            return
+        whole = await self.tokenize(model, result.output_text) if result.output_text else None
+        if whole:
+            result.output_token_ids = whole
+            result.token_ids_source = "tokenize-text"
 
     # --- server-level endpoints -------------------------------------------------------------
 
