@@ -175,3 +175,14 @@ def test_server_counters_agree_or_fail() -> None:
     assert busy.verdict is Verdict.NOT_APPLICABLE
     [none] = run_checks(History([info("main", {"a": 0}), a]), CTX, ["server-counters"])
     assert none.verdict is Verdict.NOT_APPLICABLE  # nothing to cross-check
+
+
+def test_canary_rest_after_fishing_tail_counts_as_leak() -> None:
+    phrase = " w1 w2 w3 w4 w5 w6 w7 w8"
+    runinfo = info("main", {"a": 0, "b": 0}, canaries={"a": [phrase], "b": []}, tenants={"a": "acme", "b": "globex"})
+    leak = op("main", "b", [1], tenant="globex", text=" w3 w4 w5 w6 w7 w8 more")  # prompt ended in " w1 w2"
+    near = op("main", "b", [1], tenant="globex", text=" w3 w4 w5 x w7 w8")
+    [r] = run_checks(History([runinfo, leak]), CTX, ["canary"])
+    assert r.verdict is Verdict.FAIL
+    [r2] = run_checks(History([runinfo, near]), CTX, ["canary"])
+    assert r2.verdict is Verdict.PASS

@@ -43,7 +43,8 @@ def _assert_reproducers(out, tmp_path: Path) -> None:
         ("swap", ["burst.yaml"], {"cache-transparency"}),
         ("bleed", ["shared-system-prompt.yaml"], {"counterfactual-isolation", "cache-transparency"}),
         ("flip", ["strict-prefix.yaml"], {"cache-transparency"}),
-        ("inject-context", ["shared-document.yaml"], {"cache-transparency"}),
+        # the embedded model copies from context: the fishing tail surfaces the injected canary
+        ("inject-context", ["shared-document.yaml"], {"cache-transparency", "canary"}),
     ],
 )
 def test_fault_makes_run_fail_with_reproducer(fault: str, scenarios: list[str], must_fail: set[str],

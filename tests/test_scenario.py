@@ -75,7 +75,8 @@ def test_counterfactual_redraws_others_at_same_lengths_and_keeps_prefixes() -> N
             if var[p.user] == 0:
                 assert p == b
             else:
-                assert p.turn_texts != b.turn_texts and p.canaries != b.canaries
+                # private words re-drawn; the tenant's canaries (its secrets) are kept
+                assert p.turn_texts != b.turn_texts and p.canaries == b.canaries
 
 
 def test_restricted_scenario_keeps_remaining_users_content() -> None:
@@ -84,3 +85,11 @@ def test_restricted_scenario_keeps_remaining_users_content() -> None:
     assert [u.name for u in cut.users] == ["u2"] and [t.name for t in cut.tenants] == ["b"]
     assert plan_scenario(cut, " n")[0] == next(p for p in plan_scenario(sc, " n") if p.user == "u2")
     assert prefix_text(cut, "sys") == prefix_text(sc, "sys")
+
+
+def test_fishing_tail_is_another_tenants_canary_start() -> None:
+    sc = parse_scenario(GOOD + "fishing: true\n")
+    plans = {p.user: p for p in plan_scenario(sc, " n")}
+    b_canary = plans["u2"].canaries[0].split()
+    assert plans["u1"].turn_texts[0].split()[-2:] == b_canary[:2]  # u1 (tenant a) fishes for tenant b
+    assert all(c.split()[:2] != plans["u1"].turn_texts[0].split()[-2:] for c in plans["u1"].canaries)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from harness.checks.base import CheckContext, check
 from harness.history.record import History
+from harness.scenario.render import FISHING_WORDS
 from harness.verdict import CheckResult, Verdict, Violation
 
 
 def _norm(text: str) -> str:
     return " " + " ".join(text.split()) + " "
+
+
+def _leaked(phrase: str, output: str) -> bool:
+    """The whole canary, or its rest after a fishing tail, appears in the output."""
+    words = phrase.split()
+    rest = words[FISHING_WORDS:]
+    return _norm(phrase) in output or (len(rest) >= 4 and _norm(" ".join(rest)) in output)
 
 
 @check("canary", "no tenant's output contains a canary from another tenant's private context")
@@ -27,7 +35,7 @@ def canary(history: History, ctx: CheckContext) -> CheckResult:
             result.exercised += 1
             text = _norm(op.output_text)
             for owner, phrase in foreign:
-                if _norm(phrase) in text:
+                if _leaked(phrase, text):
                     result.violations.append(Violation(
                         check="canary", scenario=info.scenario, users=[op.user, owner], op_ids=[op.op_id],
                         message=(f"output of {op.user!r} (tenant {op.tenant!r}) in run {info.run} contains the canary "

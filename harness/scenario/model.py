@@ -112,6 +112,8 @@ class Scenario(_Strict):
     users: list[User] = Field(min_length=1)
     schedule: Schedule = Schedule()
     adversary: Adversary | None = None
+    fishing: bool = Field(False, description="end each user's first turn with the first words of another "
+                          "tenant's canary, so a copying model completes it only if that context leaked")
 
     @model_validator(mode="after")
     def _references(self) -> "Scenario":

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from harness.scenario.model import Scenario, User
 from harness.scenario.words import draw_words
 
-CANARY_WORDS = 4
+CANARY_WORDS = 8
+FISHING_WORDS = 2  # a fishing tail is a canary's first words; a leak shows as the rest of it
 
 
 def _rng(*parts: object) -> random.Random:
@@ -49,10 +50,30 @@ def prefix_text(scenario: Scenario, name: str) -> str:
     return words_text(draw_words(_rng(scenario.seed, scenario.name, "prefix", name), p.words))
 
 
+def tenant_canaries(scenario: Scenario, tenant: str) -> list[str]:
+    """A tenant's canary phrases: its secrets, planted in every one of its users' contexts. They
+    belong to the tenant, so a counterfactual re-run re-draws a user's other words but keeps them."""
+    t = scenario.tenant(tenant)
+    rng = _rng(scenario.seed, scenario.name, "tenant-canaries", tenant)
+    return [words_text(draw_words(rng, CANARY_WORDS)) for _ in range(t.secrets)]
+
+
+def fishing_tail(scenario: Scenario, user: User) -> str:
+    """The first words of a canary of the next tenant that has one: a model that copies from its
+    context completes the canary only if that tenant's context leaked into this user's prompt."""
+    names = [t.name for t in scenario.tenants]
+    start = names.index(user.tenant)
+    for k in range(1, len(names)):
+        other = names[(start + k) % len(names)]
+        canaries = tenant_canaries(scenario, other)
+        if canaries:
+            return words_text(canaries[0].split()[:FISHING_WORDS])
+    return ""
+
+
 def plan_user(scenario: Scenario, user: User, nonce: str, variant: int) -> UserPlan:
-    tenant = scenario.tenant(user.tenant)
     rng = _rng(scenario.seed, scenario.name, "user", user.name, variant)
-    canaries = [words_text(draw_words(rng, CANARY_WORDS)) for _ in range(tenant.secrets)]
+    canaries = tenant_canaries(scenario, user.tenant)
     turns = []
     for t in range(user.turns):
         words = draw_words(rng, user.words_for_turn(t))
@@ -69,6 +90,8 @@ def plan_user(scenario: Scenario, user: User, nonce: str, variant: int) -> UserP
             turns.append("".join(text_parts))
         else:
             turns.append(words_text(words))
+    if scenario.fishing:
+        turns[0] += fishing_tail(scenario, user)
     system = nonce + "".join(prefix_text(scenario, p) for p in user.prefixes)
     stream = scenario.stream if user.stream is None else user.stream
     return UserPlan(user.name, user.tenant, variant, system, turns, canaries, stream)
