@@ -7,16 +7,21 @@ failures (both are counted). The minimal failing scenario is saved as `<found-di
 (hash of its canonical JSON) with a header giving the seed, the violation and the report folder
 of the failing run (its `reproducers/` hold curl commands); `harness replay FILE` runs it again.
 
-Hypothesis re-runs the minimal example at the end; a violation that does not show again (the
-server is not deterministic under load) surfaces as `Flaky` and is reported as "found but did
-not reproduce", never as a crash. Runs are seconds each, so:
+A violation that does not show again (the server is not deterministic under load) is reported as
+"found but did not reproduce", never as a crash: hypothesis' own `Flaky` (its final re-run of
+the minimal example passed) is caught, and the minimal scenario is always run once more at the
+end (`verify`), which decides `reproduced`. Runs are seconds each, so:
+- the first failure of a search is re-run `confirm` times before it is shrunk; one that does not
+  fail again is kept apart as unconfirmed (its reports stay), not shrunk;
 - a scenario that did not fail is remembered by content hash and not run again (shrinking often
-  proposes the same scenario through different choice sequences); failing ones are always re-run,
-  so a reported failure has really been seen again;
-- shrinking is bounded by `max_shrink_runs` real runs (and by hypothesis' own 300 s limit), after
-  which only already-failing scenarios are run again;
+  proposes the same scenario through different choice sequences); failing ones are run again
+  while the shrink budget lasts;
+- hypothesis' shrinking is bounded by `max_shrink_runs` real runs (and by its own 300 s limit),
+  after which it is answered from the outcomes already seen. Its generic passes spend most runs
+  on details, so a structural reduction follows (`reductions`: drop a user, drop a turn, put one
+  dimension back to its plain value; greedy, bounded by `max_reduce_runs`);
 - `time_s` runs batches of `batch` examples with seeds derived from the printed one until the time
-  is up; shrinking a failure found in time may overrun it by at most the shrink budget.
+  is up; a failure found in time is still confirmed, shrunk and reduced within their budgets.
 With a fault, every example runs through its own fresh `FaultProxy`, so a failure depends on the
 scenario alone, never on traffic of earlier examples.
 """
@@ -63,6 +68,7 @@ class ExampleStats:
     seconds: float
     violations: list[str]
     error: str | None
+    unknown_checks: list[str] = field(default_factory=list)
 
 
 def stats_of(outcome: RunOutcome, seconds: float = 0.0) -> ExampleStats:
@@ -71,7 +77,8 @@ def stats_of(outcome: RunOutcome, seconds: float = 0.0) -> ExampleStats:
     hits = next((c["exercised"] for c in checks if c["name"] == "exercised"), 0)
     violations = [f"[{v.check}] {v.message}" for r in outcome.results for v in r.violations]
     return ExampleStats(outcome.verdict, int(outcome.report.get("metadata", {}).get("requests") or 0), int(hits),
-                        sum(int(c.get("drift", 0)) for c in checks), seconds, violations, outcome.error)
+                        sum(int(c.get("drift", 0)) for c in checks), seconds, violations, outcome.error,
+                        [c["name"] for c in checks if c.get("verdict") == "unknown"])
 
 
 def run_scenario(scenario: Scenario, target: str, report_dir: Path, *, fault: str | None = None,
@@ -152,6 +159,59 @@ def replay(path: Path, target: str, report_dir: Path, fault: str | None = None,
         return run_isolation(RunConfig(target=url, scenario_paths=[Path(path)], report_dir=report_dir), console=console)
 
 
+# --- structural reduction ---------------------------------------------------------------------------
+
+
+def reductions(scenario: Scenario) -> Iterator[Scenario]:
+    """Strictly simpler variants of a scenario, biggest cuts first: one user fewer, fewer turns,
+    then one dimension back to its plain value (schedule, sampling, streaming, endpoint, adapters,
+    salts, shared prefixes, secrets, max_tokens). Content of the users kept does not change."""
+    from harness.scenario.model import Sampling, Schedule
+    from harness.strategies import with_expectation
+
+    def variant(**update: Any) -> Scenario | None:
+        try:
+            data = scenario.model_dump()
+            data.update(update)
+            return with_expectation(Scenario.model_validate(data))
+        except ValueError:
+            return None
+
+    names = [u.name for u in scenario.users]
+    for name in reversed(names):
+        if len(names) > 1:
+            yield with_expectation(scenario.restricted_to(set(names) - {name}))
+    for i, u in enumerate(scenario.users):
+        if isinstance(u.private_words, list) and len(set(u.private_words)) == 1:
+            users = [x.model_dump() for x in scenario.users]
+            users[i].update(private_words=u.private_words[0])
+            yield from filter(None, [variant(users=users)])
+        for turns in sorted({1, u.turns - 1}):
+            if 1 <= turns < u.turns:
+                words = u.private_words if isinstance(u.private_words, int) else u.private_words[:turns]
+                users = [x.model_dump() for x in scenario.users]
+                users[i].update(turns=turns, private_words=words)
+                yield from filter(None, [variant(users=users)])
+    plain: list[dict[str, Any]] = [
+        {"schedule": Schedule(concurrency=1, interleaving="lockstep").model_dump()},
+        {"sampling": Sampling().model_dump()},
+        {"stream": False, "users": [dict(u.model_dump(), stream=None) for u in scenario.users]},
+        {"endpoint": "completions"},
+        {"tenants": [dict(t.model_dump(), adapter=None) for t in scenario.tenants]},
+        {"tenants": [dict(t.model_dump(), cache_salt=None) for t in scenario.tenants]},
+        {"shared_prefixes": [], "users": [dict(u.model_dump(), prefixes=[]) for u in scenario.users],
+         "description": "explore: none topology"},
+        {"tenants": [dict(t.model_dump(), secrets=min(t.secrets, 1)) for t in scenario.tenants]},
+        {"max_tokens": 4},
+    ]
+    current = scenario.model_dump()
+    for update in plain:
+        if any(current.get(k) != v for k, v in update.items() if k != "description"):
+            v = variant(**update)
+            if v is not None and v != scenario:
+                yield v
+
+
 # --- the search -------------------------------------------------------------------------------------
 
 
@@ -168,10 +228,13 @@ class ExploreConfig:
     """Default: scenarios/found/, or <report_dir>/found when a fault is injected (those are not real bugs)."""
     fault: str | None = None
     fault_seed: int = 0
-    max_shrink_runs: int = 60
+    max_shrink_runs: int = 20
+    """Runs hypothesis' shrinker may spend on one failure."""
+    max_reduce_runs: int = 30
+    """Runs the structural reduction (`reductions`) may spend after hypothesis' shrinker."""
     confirm: int = 1
     """Extra runs the first failure of a search must also FAIL before it is shrunk (a shared server's
-    other traffic can make one run fail spuriously; a phantom is then counted, not shrunk)."""
+    other traffic can make one run fail spuriously; such a phantom is kept apart, not shrunk)."""
     batch: int = 25
     counterfactual: bool = True
     solo: bool = True
@@ -181,7 +244,7 @@ class ExploreConfig:
 
 @dataclass
 class Found:
-    """A (shrunk) counterexample and where it was saved."""
+    """A minimal counterexample and where it was saved."""
 
     scenario: Scenario
     path: Path
@@ -198,14 +261,17 @@ class ExploreResult:
     examples: int = 0
     generated: int = 0
     shrink_runs: int = 0
+    reduce_runs: int = 0
+    confirm_runs: int = 0
     seconds: float = 0.0
     requests: int = 0
     cross_user_hits: int = 0
     drift: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
-    confirm_runs: int = 0
-    unconfirmed: list[str] = field(default_factory=list)
+    unknown_checks: Counter[str] = field(default_factory=Counter)
+    """How many runs each check left UNKNOWN (why runs were UNKNOWN)."""
     searches: int = 0
+    unconfirmed: list[str] = field(default_factory=list)
     found: list[Found] = field(default_factory=list)
     aborted: str | None = None
 
@@ -219,10 +285,11 @@ class ExploreResult:
     def summary(self) -> dict[str, Any]:
         return {
             "seed": self.seed, "examples": self.examples, "generated": self.generated,
-            "shrink_runs": self.shrink_runs, "confirm_runs": self.confirm_runs,
-            "unconfirmed_failures": self.unconfirmed, "seconds": round(self.seconds, 1), "requests": self.requests,
-            "cross_user_hits": self.cross_user_hits, "drift": self.drift, "verdicts": dict(self.verdicts),
-            "searches": self.searches, "aborted": self.aborted,
+            "shrink_runs": self.shrink_runs, "reduce_runs": self.reduce_runs, "confirm_runs": self.confirm_runs,
+            "seconds": round(self.seconds, 1), "requests": self.requests, "cross_user_hits": self.cross_user_hits,
+            "drift": self.drift, "verdicts": dict(self.verdicts), "unknown_checks": dict(self.unknown_checks),
+            "searches": self.searches,
+            "unconfirmed_failures": self.unconfirmed, "aborted": self.aborted,
             "failures": [{"file": str(f.path), "reproduced": f.reproduced, "report_dir": str(f.report_dir),
                           "users": len(f.scenario.users), "turns": max(u.turns for u in f.scenario.users),
                           "violations": f.violations} for f in self.found],
@@ -243,22 +310,22 @@ def batch_seed(seed: int, i: int) -> int:
 
 
 class _Search:
-    """The hypothesis test body and the bookkeeping around it."""
+    """The hypothesis test body, the structural reduction and the bookkeeping around both."""
 
-    def __init__(self, cfg: ExploreConfig, result: ExploreResult, console: Console,
+    def __init__(self, cfg: ExploreConfig, result: ExploreResult,
                  on_example: Callable[[Scenario, ExampleStats, str], None] | None) -> None:
-        self.cfg, self.result, self.console, self.on_example = cfg, result, console, on_example
+        self.cfg, self.result, self.on_example = cfg, result, on_example
         self.deadline = time.monotonic() + cfg.time_s if cfg.time_s else None
         self.not_failing: set[str] = set()
         self.failed: dict[str, tuple[Scenario, list[str]]] = {}
         self.last_failed: str | None = None
-        self.shrinking = False
+        self.phase = ""  # "" (generating), "confirm", "shrink", "reduce", "verify"
         self.shrink_runs = 0
 
     def reset(self) -> None:
         self.failed.clear()
         self.last_failed = None
-        self.shrinking = False
+        self.phase = ""
         self.shrink_runs = 0
 
     @property
@@ -266,31 +333,74 @@ class _Search:
         return self.deadline is not None and time.monotonic() > self.deadline
 
     def body(self, scenario: Scenario) -> None:
-        key = scenario.name
-        if self.result.aborted or (not self.shrinking and self.out_of_time) or key in self.not_failing:
+        """One hypothesis example: raise ScenarioFailed on a FAIL verdict."""
+        from harness.strategies import scenario_hash
+
+        key = scenario_hash(scenario)
+        if self.result.aborted or (not self.phase and self.out_of_time) or key in self.not_failing:
             return
-        if self.shrinking and self.shrink_runs >= self.cfg.max_shrink_runs and key not in self.failed:
+        if self.phase and self.shrink_runs >= self.cfg.max_shrink_runs:
+            # Out of shrink budget: answer from what was seen, run nothing more.
+            if key in self.failed:
+                raise ScenarioFailed(key, self.failed[key][1])
             return
-        stats = self._run(scenario)
-        if stats.verdict is Verdict.FAIL and not self.shrinking:
+        stats = self.run(scenario, key)
+        if stats.verdict is Verdict.FAIL and not self.phase:
+            stats = self.confirm(scenario, key, stats)
+        if stats.verdict is Verdict.FAIL:
+            self.phase = self.phase or "shrink"
+            raise ScenarioFailed(key, stats.violations)
+
+    def confirm(self, scenario: Scenario, key: str, stats: ExampleStats) -> ExampleStats:
+        """Re-run a first failure `cfg.confirm` times; a run that does not FAIL makes it a phantom."""
+        phase, self.phase = self.phase, "confirm"
+        try:
             for _ in range(self.cfg.confirm):
-                again = self._run(scenario, confirming=True)
+                again = self.run(scenario, key)
                 if again.verdict is not Verdict.FAIL:
                     # Keep the failing run's reports: a flaky violation may still be a real bug.
-                    kept = self.failure_dir("unconfirmed-" + scenario.name)
+                    kept = self.failure_dir("unconfirmed-" + key)
                     shutil.rmtree(kept, ignore_errors=True)
-                    shutil.move(self.failure_dir(scenario.name), kept)
+                    shutil.move(str(self.failure_dir(key)), str(kept))
+                    self.failed.pop(key, None)
                     self.result.unconfirmed.append(str(kept))
-                    stats = again
-                    break
-        if stats.verdict is Verdict.FAIL:
-            self.failed[key] = (scenario, stats.violations)
-            self.last_failed = key
-            self.shrinking = True
-            raise ScenarioFailed(key, stats.violations)
-        self.not_failing.add(key)
+                    return again
+            return stats
+        finally:
+            self.phase = phase
 
-    def _run(self, scenario: Scenario, confirming: bool = False) -> ExampleStats:
+    def reduce(self, key: str) -> str:
+        """Greedy structural reduction of a failing scenario; returns the smallest failing one's key."""
+        from harness.strategies import scenario_hash
+
+        self.phase = "reduce"
+        runs = 0
+        progress = True
+        while progress and runs < self.cfg.max_reduce_runs and not self.result.aborted:
+            progress = False
+            for candidate in reductions(self.failed[key][0]):
+                ckey = scenario_hash(candidate)
+                if ckey in self.not_failing:
+                    continue
+                if runs >= self.cfg.max_reduce_runs:
+                    break
+                runs += 1
+                if self.run(candidate, ckey).verdict is Verdict.FAIL:
+                    key, progress = ckey, True
+                    break
+        return key
+
+    def verify(self, key: str) -> bool:
+        """Run the minimal failing scenario once more: True when it FAILs again."""
+        scenario, violations = self.failed[key]
+        self.phase = "verify"
+        stats = self.run(scenario, key)
+        if stats.verdict is not Verdict.FAIL:
+            self.failed[key] = (scenario, violations)  # keep what was seen (run() only records FAILs)
+        return stats.verdict is Verdict.FAIL
+
+    def run(self, scenario: Scenario, key: str) -> ExampleStats:
+        """Run one scenario against the target and account for it."""
         cfg, res = self.cfg, self.result
         run_dir = cfg.report_dir / "current"
         t0 = time.monotonic()
@@ -298,9 +408,11 @@ class _Search:
                                counterfactual=cfg.counterfactual, solo=cfg.solo, timeout_s=cfg.timeout_s)
         stats = stats_of(outcome, time.monotonic() - t0)
         res.examples += 1
-        if confirming:
+        if self.phase in ("confirm", "verify"):
             res.confirm_runs += 1
-        elif self.shrinking:
+        elif self.phase == "reduce":
+            res.reduce_runs += 1
+        elif self.phase == "shrink":
             self.shrink_runs += 1
             res.shrink_runs += 1
         else:
@@ -309,44 +421,53 @@ class _Search:
         res.cross_user_hits += stats.cross_user_hits
         res.drift += stats.drift
         res.verdicts[stats.verdict.value] += 1
+        res.unknown_checks.update(stats.unknown_checks)
         if stats.verdict is Verdict.FAIL:
-            dest = self.failure_dir(scenario.name)
+            self.failed[key] = (scenario, stats.violations)
+            self.last_failed = key
+            dest = self.failure_dir(key)
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(run_dir, dest)
+        else:
+            self.not_failing.add(key)
         if stats.error and not _alive(cfg.target):
             res.aborted = f"target stopped answering: {stats.error}"
         if self.on_example:
-            self.on_example(scenario, stats, "confirm" if confirming else "shrink" if self.shrinking else "")
+            self.on_example(scenario, stats, self.phase)
         return stats
 
     def failure_dir(self, key: str) -> Path:
         return self.cfg.report_dir / "failures" / key
 
 
-def explore(cfg: ExploreConfig, console: Console | None = None,
+def explore(cfg: ExploreConfig,
             on_example: Callable[[Scenario, ExampleStats, str], None] | None = None) -> ExploreResult:
-    """Search for a failing scenario against `cfg.target`; shrink, save and report what was found."""
+    """Search for a failing scenario against `cfg.target`; shrink, reduce, save and report what was found.
+
+    Stops at the first confirmed failure. `on_example(scenario, stats, phase)` is called after every
+    run; phase is "" (generating), "confirm", "shrink" (hypothesis), "reduce" (structural) or
+    "verify" (the minimal scenario's last run, which decides `Found.reproduced`).
+    """
     from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
     from hypothesis.errors import Flaky
 
     from harness.strategies import scenarios
 
-    console = console or Console(stderr=True)
     seed_value = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
     result = ExploreResult(seed=seed_value)
     found_dir = Path(cfg.found_dir or (cfg.report_dir / "found" if cfg.fault else FOUND_DIR))
     strategy = cfg.strategy if cfg.strategy is not None else scenarios(adapters=adapter_roles(cfg.target))
-    search = _Search(cfg, result, console, on_example)
+    search = _Search(cfg, result, on_example)
     started = time.monotonic()
     i = 0
     while True:
-        n = cfg.examples if cfg.time_s is None else cfg.batch
         search.reset()
 
         @seed(batch_seed(seed_value, i))
-        @settings(max_examples=n or 20, deadline=None, database=None, derandomize=False,
-                  phases=[Phase.generate, Phase.shrink], verbosity=Verbosity.quiet, report_multiple_bugs=False,
-                  suppress_health_check=list(HealthCheck), print_blob=False)
+        @settings(max_examples=(cfg.examples or 20) if cfg.time_s is None else cfg.batch, deadline=None,
+                  database=None, derandomize=False, phases=[Phase.generate, Phase.shrink],
+                  verbosity=Verbosity.quiet, report_multiple_bugs=False, suppress_health_check=list(HealthCheck),
+                  print_blob=False)
         @given(strategy)
         def one_search(scenario: Scenario) -> None:
             search.body(scenario)
@@ -361,6 +482,8 @@ def explore(cfg: ExploreConfig, console: Console | None = None,
         except Flaky:
             key, reproduced = search.last_failed, False
         if key is not None and key in search.failed:
+            key = search.reduce(key)
+            reproduced = search.verify(key)
             result.found.append(_save(cfg, search, key, reproduced, found_dir, seed_value, i))
             break
         i += 1
@@ -368,7 +491,7 @@ def explore(cfg: ExploreConfig, console: Console | None = None,
             break
     result.seconds = time.monotonic() - started
     _prune_failures(cfg.report_dir / "failures", {f.report_dir.name for f in result.found})
-    (cfg.report_dir).mkdir(parents=True, exist_ok=True)
+    cfg.report_dir.mkdir(parents=True, exist_ok=True)
     (cfg.report_dir / "explore.json").write_text(json.dumps(result.summary(), indent=2))
     return result
 
@@ -380,9 +503,10 @@ def _save(cfg: ExploreConfig, search: _Search, key: str, reproduced: bool, found
     how = f"harness explore --seed {seed_value}" + (f" --fault {cfg.fault}" if cfg.fault else "")
     lines = [
         f"Counterexample found by `{how}` (hypothesis seed {batch_seed(seed_value, i)}, search {i}),",
-        f"against {cfg.target}" + (f" through the fault proxy ({cfg.fault})" if cfg.fault else "") + ".",
-        "The violation did NOT reproduce when hypothesis re-ran the minimal example (flaky)."
-        if not reproduced else "Reproduced on hypothesis' final re-run of this minimal example.",
+        f"against {cfg.target}" + (f" through the fault proxy ({cfg.fault})" if cfg.fault else "") + ",",
+        "shrunk by hypothesis, then reduced structurally (users, turns, plain settings).",
+        "The violation did NOT reproduce when this minimal scenario was run once more (flaky)."
+        if not reproduced else "The violation reproduced when this minimal scenario was run once more.",
         "violations:",
         *(f"  {v}" for v in violations[:5]),
         f"reproducer: {report_dir} (report.json, history.jsonl, reproducers/ with curl commands)",

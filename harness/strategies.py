@@ -23,11 +23,13 @@ a run must show cross-user cache reuse exactly when two users of one domain shar
 full block. On other stacks words are several tokens each and the expectation is conservative.
 
 Examples stay small (max_tokens 4 or 8, prompts under ~200 tokens) so one example runs in a few
-seconds on the embedded server. Client disconnects mid-stream are not a scenario dimension yet
-(the model has no field for them), so no strategy draws them.
+seconds on the embedded server. Not drawn: client disconnects mid-stream (the model has no
+field for them yet) and the `adversary` tenant (hostile values in every field; dozens of extra
+requests per run, left to `scenarios/adversarial-tenant.yaml`).
 
-Every scenario is named `x-<hash>` from a stable hash of its content (`scenario_hash`), so a
-saved counterexample keeps its name, and with it its drawn content, when it is replayed.
+Every scenario is named `explore-<seed>` after its content seed. Drawn content is keyed by
+(seed, scenario name, user), so removing a user or a turn while shrinking keeps every other
+user's words; `scenario_hash` (of the canonical JSON) names a saved counterexample's file.
 """
 
 from __future__ import annotations
@@ -67,20 +69,15 @@ def boundary_words(endpoint: str) -> int:
 
 
 def canonical_json(scenario: Scenario) -> str:
-    """The scenario's content as canonical JSON: non-default fields, sorted keys, without the name
-    and description (the name is derived from this, the description says nothing to the server)."""
-    data = scenario.model_dump(mode="json", exclude_defaults=True, exclude={"name", "description"})
+    """The scenario's content as canonical JSON: non-default fields, sorted keys, without the
+    description (which says nothing to the server)."""
+    data = scenario.model_dump(mode="json", exclude_defaults=True, exclude={"description"})
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def scenario_hash(scenario: Scenario) -> str:
     """A stable 12-hex-digit hash of the scenario's content (names the found/ file)."""
     return hashlib.sha256(canonical_json(scenario).encode()).hexdigest()[:12]
-
-
-def with_stable_name(scenario: Scenario) -> Scenario:
-    """The scenario renamed `x-<hash>` (content is drawn from the name, so set it once, here)."""
-    return scenario.model_copy(update={"name": f"x-{scenario_hash(scenario)}"})
 
 
 def expects_cross_user_hits(scenario: Scenario) -> bool:
@@ -94,6 +91,11 @@ def expects_cross_user_hits(scenario: Scenario) -> bool:
         if shared_tokens(scenario.endpoint, sum(words[p] for p in u.prefixes)) >= BLOCK_TOKENS:
             domains[(t.adapter, t.cache_salt, tuple(u.prefixes))] += 1
     return any(n >= 2 for n in domains.values())
+
+
+def with_expectation(scenario: Scenario) -> Scenario:
+    """The scenario with `expect_cross_user_hits` set from its sharing and cache domains."""
+    return scenario.model_copy(update={"expect_cross_user_hits": expects_cross_user_hits(scenario)})
 
 
 def schedules(interleavings: Sequence[str] = INTERLEAVINGS, max_concurrency: int = 4) -> st.SearchStrategy[Schedule]:
@@ -157,19 +159,20 @@ def scenarios(
     Users are named u0.., tenants t0..; user u0 always joins the shared prefix (other users may
     stay outside it). Every tenant's salt is none, its own (`salt-tN`) or one shared by tenants.
     """
+    # Structure first, as lists: the shrinker meets users, turns and tenants before the details and
+    # can delete whole users and tenants.
+    raw_users = draw(st.lists(_user(max_turns, tenants[1]), min_size=users[0], max_size=users[1]))
+    raw_tenants = draw(st.lists(_tenant(adapters, salts), min_size=tenants[0], max_size=tenants[1]))
     topology = draw(st.sampled_from(tuple(topologies)))
     endpoint = draw(st.sampled_from(tuple(endpoints)))
-    # Lists (not counts) so that shrinking deletes whole tenants and users.
-    tenant_rows = [dict(t, name=f"t{i}") for i, t in enumerate(draw(st.lists(
-        _tenant(adapters, salts), min_size=tenants[0], max_size=tenants[1])))]
+    tenant_rows = [dict(t, name=f"t{i}") for i, t in enumerate(raw_tenants)]
     for t in tenant_rows:
         t["cache_salt"] = {None: None, "own": f"salt-{t['name']}", "shared": "salt-shared"}[t["cache_salt"]]
     # User i belongs to tenant (i + shift) mod #tenants: the simplest assignment spreads users.
     user_rows = [dict(u, name=f"u{i}", tenant=tenant_rows[(i + u["tenant"]) % len(tenant_rows)]["name"])
-                 for i, u in enumerate(draw(st.lists(_user(max_turns, tenants[1]), min_size=users[0], max_size=users[1])))]
+                 for i, u in enumerate(raw_users)]
     user_rows[0]["outsider"] = False
     tenant_rows = [t for t in tenant_rows if any(u["tenant"] == t["name"] for u in user_rows)]
-    n_tenants = len(tenant_rows)
     prefixes: list[dict[str, Any]] = []
     if topology != "none":
         name = PREFIX_NAME[topology]
@@ -188,19 +191,19 @@ def scenarios(
         sampling["temperature"] = draw(st.sampled_from((1.0, 0.7)))
         sampling["seed"] = draw(st.integers(0, 2**16))
     sched = draw(schedule if schedule is not None else schedules())
+    seed = draw(st.integers(0, 2**20))
     scenario = Scenario.model_validate({
-        "name": "explore",
-        "description": f"explore: {topology} topology, {len(user_rows)} user(s), {n_tenants} tenant(s), {endpoint}",
+        "name": f"explore-{seed}",
+        "description": f"explore: {topology} topology",
         "endpoint": endpoint,
         "stream": draw(st.booleans()),
         "max_tokens": draw(st.sampled_from((8, 4))),
         "top_logprobs": 5,
         "sampling": sampling,
-        "seed": draw(st.integers(0, 2**20)),
+        "seed": seed,
         "shared_prefixes": prefixes,
         "tenants": tenant_rows,
         "users": user_rows,
         "schedule": sched.model_dump(),
     })
-    scenario = scenario.model_copy(update={"expect_cross_user_hits": expects_cross_user_hits(scenario)})
-    return with_stable_name(scenario)
+    return with_expectation(scenario)

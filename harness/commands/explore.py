@@ -23,10 +23,17 @@ def _configure_explore(p: argparse.ArgumentParser) -> None:
                    "(demonstrates detection; counterexamples then go to REPORT_DIR/found/)")
     p.add_argument("--found-dir", type=Path, default=None,
                    help="where minimal counterexamples are saved (default scenarios/found/)")
-    p.add_argument("--shrink-runs", type=int, default=60, help="most runs spent shrinking a failure (default 60)")
+    p.add_argument("--shrink-runs", type=int, default=20,
+                   help="most runs hypothesis' shrinker may spend on a failure (default 20)")
+    p.add_argument("--reduce-runs", type=int, default=30,
+                   help="most runs the structural reduction may spend after it (default 30)")
     p.add_argument("--confirm", type=int, default=1,
                    help="extra runs a first failure must also fail before it is shrunk (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    p.add_argument("--no-adapters", action="store_true",
+                   help="leave LoRA adapters out of generated scenarios (e.g. while a known adapter bug is open)")
+    p.add_argument("--no-solo", action="store_true", help="skip the solo (cache transparency) replay")
+    p.add_argument("--no-counterfactual", action="store_true", help="skip the counterfactual re-runs")
 
 
 def _print_example(console: Console, counter: list[int]):  # type: ignore[no-untyped-def]
@@ -39,10 +46,13 @@ def _print_example(console: Console, counter: list[int]):  # type: ignore[no-unt
         counter[0] += 1
         v = stats.verdict.value
         turns = max(u.turns for u in scenario.users)
+        adapters = sum(t.adapter is not None for t in scenario.tenants)
         what = (f"{len(scenario.users)}u/{len(scenario.tenants)}t/{turns}turn {scenario.endpoint} "
-                f"{scenario.schedule.interleaving} {scenario.sampling.mode} ({scenario.description.split(':')[1].split(',')[0].strip()})")
-        extra = f"  {stats.violations[0][:100]}" if stats.violations else (f"  {stats.error[:100]}" if stats.error else "")
-        console.print(f"[{counter[0]:>4}] {phase:7} [{style[v]}]{v.upper():7}[/] "
+                f"{scenario.schedule.interleaving}x{scenario.schedule.concurrency} {scenario.sampling.mode} "
+                f"adapters {adapters} ({scenario.description.removeprefix('explore: ')})")
+        note = stats.violations[0] if stats.violations else stats.error or ""
+        extra = f"  {note[:100]}" if note else ""
+        console.print(f"[{counter[0]:>4}] {phase:7} [{style.get(v, 'dim')}]{v.upper():7}[/] "
                       f"{stats.seconds:5.1f}s req {stats.requests:3} hits {stats.cross_user_hits:2}  {what}{extra}",
                       highlight=False, soft_wrap=True)
 
@@ -55,6 +65,7 @@ def explore_cmd(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     try:
         from harness.explore import ExploreConfig, explore, target_url
+        from harness.strategies import scenarios
     except ImportError as exc:  # hypothesis is a test extra
         console.print(f"error: `harness explore` needs hypothesis ({exc}); pip install 'harness[test]'")
         return 2
@@ -74,18 +85,21 @@ def explore_cmd(args: argparse.Namespace) -> int:
         with target_url(args.target, console) as url:
             cfg = ExploreConfig(target=url, examples=None if args.time else (args.examples or 20),
                                 time_s=args.time, seed=seed, report_dir=args.report_dir, found_dir=args.found_dir,
-                                fault=args.fault, max_shrink_runs=args.shrink_runs, confirm=args.confirm,
-                                timeout_s=args.timeout)
-            result = explore(cfg, console, on_example=_print_example(console, [0]))
+                                fault=args.fault, max_shrink_runs=args.shrink_runs,
+                                max_reduce_runs=args.reduce_runs, confirm=args.confirm, timeout_s=args.timeout,
+                                solo=not args.no_solo, counterfactual=not args.no_counterfactual,
+                                strategy=scenarios(adapters=(None,)) if args.no_adapters else None)
+            result = explore(cfg, on_example=_print_example(console, [0]))
     except LaunchError as exc:
         console.print(f"error: {exc}")
         return 2
     s = result.summary()
     console.print(f"examples run: {s['examples']} ({s['generated']} generated, {s['shrink_runs']} while shrinking, "
-                  f"{s['confirm_runs']} confirming, "
+                  f"{s['reduce_runs']} reducing, {s['confirm_runs']} confirming/verifying, "
                   f"{s['searches']} search(es))   seconds: {s['seconds']}   requests: {s['requests']}   "
                   f"cross-user cache hits: {s['cross_user_hits']}   drift: {s['drift']}", highlight=False)
-    console.print(f"verdicts: {dict(result.verdicts)}   failures: {len(result.found)}", highlight=False)
+    console.print(f"verdicts: {dict(result.verdicts)}   failures: {len(result.found)}   "
+                  f"checks left UNKNOWN (runs): {dict(result.unknown_checks)}", highlight=False)
     for d in result.unconfirmed:
         console.print(f"[yellow]a FAIL that did not fail again on a confirming run (flaky):[/] {d}")
     if result.aborted:

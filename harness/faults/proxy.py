@@ -1015,7 +1015,10 @@ class FaultProxy:
         """bleed / inject-context: prepend (part of) the latest prompt of another tenant."""
         assert call.body is not None and call.endpoint is not None
         own = _prompt_text(call.body, call.endpoint)
-        source = next((p for p in reversed(self._prompts) if p[0] != call.tenant), None)
+        # A request the harness labelled (X-Harness-Op) takes its source only from other labelled
+        # requests, so unlabelled side traffic (the capability probe) never becomes "another tenant".
+        source = next((p for p in reversed(self._prompts)
+                       if p[0] != call.tenant and (call.op is None or p[2] is not None)), None)
         if own is not None:
             self._prompts.append((call.tenant, call.user, call.op, own))
         if source is None or own is None or not self._draw():
