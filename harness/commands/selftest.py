@@ -68,7 +68,9 @@ def _requests_to_detection(report: dict, history_path: Path) -> int | None:
     with open(history_path) as fh:
         ops = [json.loads(line) for line in fh if '"kind":"op"' in line]
     position = {rec["op_id"]: i + 1 for i, rec in enumerate(ops)}
-    shown = [max(position.get(i, 0) for i in v["op_ids"]) for c in report["checks"] for v in c["violations"]]
+    shown = [max((position.get(i, 0) for i in v["op_ids"]), default=0)
+             for c in report["checks"] for v in c["violations"]]
+    shown = [n for n in shown if n]  # a run-level violation (e.g. server-counters) names no request
     return min(shown) if shown else None
 
 
