@@ -35,7 +35,9 @@ def test_library_passes_on_embedded_server(embedded_url: str, tmp_path: Path) ->
         report["metadata"]["scenario_files"])
     history = read_history(tmp_path / "history.jsonl")
     ops = [r for r in history if isinstance(r, Operation)]
-    assert len(ops) == report["metadata"]["requests"] and all(o.ok for o in ops)
+    assert len(ops) == report["metadata"]["requests"]
+    assert all(o.ok for o in ops if not o.run.startswith("adversary"))  # hostile input may be refused
+    assert any(o.run == "adversary" for o in ops)
     assert {o.run for o in ops} == {"main", "cf-0", "cf-1", "solo"}
     assert "<testsuite" in (tmp_path / "junit.xml").read_text()
 
@@ -74,7 +76,10 @@ def test_server_dying_mid_run_is_unknown_with_history_kept(tmp_path: Path) -> No
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     try:
-        out = run_isolation(RunConfig(target=server.base_url, scenario_paths=[LIBRARY], report_dir=tmp_path / "report",
+        # Scenarios without the adversarial tenant: there, a server that dies is rightly an availability
+        # FAIL (the hostile input may have killed it); here only the death itself is under test.
+        scenarios = [LIBRARY / s for s in ("burst.yaml", "multi-turn.yaml", "shared-document.yaml")]
+        out = run_isolation(RunConfig(target=server.base_url, scenario_paths=scenarios, report_dir=tmp_path / "report",
                                       timeout_s=30))
     finally:
         killed.set()

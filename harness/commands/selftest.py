@@ -77,7 +77,7 @@ def _requests_to_detection(report: dict, history_path: Path) -> int | None:
 @command("selftest", _configure)
 def selftest(args: argparse.Namespace) -> int:
     """Run each catalog fault through the proxy and show which checks detect it (exit 0: all detected)."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=max(Console(stderr=True).width, 132))
     faults = args.fault or [f for f in CATALOG if f in SCENARIOS]
     unknown = [f for f in faults if f not in CATALOG]
     if unknown:
@@ -117,7 +117,7 @@ def selftest(args: argparse.Namespace) -> int:
     checks = sorted({c for r in rows.values() for c in r["checks"]})
     table = Table(title="selftest: fault x check (X = detected: the check FAILed; columns numbered below)")
     for col in ["fault", "kind", *[f"{i + 1}" for i in range(len(checks))], "verdict", "injected", "to detect"]:
-        table.add_column(col, no_wrap=True)
+        table.add_column(col, no_wrap=True, min_width=len(col))
     ok = True
     for name, r in rows.items():
         cells = ["X" if r["checks"].get(c) == "fail" else "." for c in checks]
