@@ -12,7 +12,7 @@ HARNESS_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup model serve isolation-check test clean browser
+.PHONY: setup model serve isolation-check test clean llama-cpp browser
 
 setup: $(STAMP) model
 
@@ -29,6 +29,25 @@ $(STAMP): pyproject.toml
 model: $(STAMP)
 	$(PY) -m harness.target.embedded_model >/dev/null
 
+# The second serving stack (docs/llamacpp.md): llama-cpp-python with its server extra, built from
+# source (about 5 minutes on a 2-core machine), and the GGUF conversion script from the same sdist,
+# downloaded once into .cache/llamacpp/. Idempotent: the stamp names the version, and an installed
+# 0.3.36 is kept (pip would rebuild a direct-URL requirement).
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CACHE := .cache/llamacpp
+LLAMA_SDIST := $(LLAMA_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)
+
+llama-cpp: $(LLAMA_STAMP)
+
+$(LLAMA_STAMP): | $(STAMP)
+	mkdir -p $(LLAMA_CACHE)
+	test -f $(LLAMA_SDIST) || $(PY) -m pip download -q --no-deps --no-binary :all: 'llama-cpp-python==$(LLAMA_CPP_VERSION)' -d $(LLAMA_CACHE)
+	$(PY) -c 'import llama_cpp.server, sys; sys.exit(llama_cpp.__version__ != "$(LLAMA_CPP_VERSION)")' 2>/dev/null \
+	  || $(PY) -m pip install -q 'llama-cpp-python[server] @ file://$(abspath $(LLAMA_SDIST))'
+	$(PY) -c 'import llama_cpp, llama_cpp.server; from harness.target.llamacpp import ensure_converter; ensure_converter()'
+	touch $@
+
 serve: setup
 	$(HARNESS) serve --port $(PORT)
 
@@ -39,8 +58,17 @@ isolation-check: setup
 browser:
 	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: setup browser
+test: setup browser llama-cpp
 	$(PY) -m pytest -q -ra
+
+# The harness's own cost (bench/README.md): the fast checks proven equal to their reference rules,
+# every check over synthetic histories of 10k / 100k / 1M requests, then the driver against
+# `vllm bench serve` on a zero-cost fake server, and 2,000 simulated users. About 30 minutes.
+.PHONY: bench
+bench: setup
+	$(PY) -m bench.bench_checks verify
+	$(PY) -m bench.bench_checks
+	$(PY) -m bench.bench_driver
 
 clean:
 	rm -rf $(VENV) .cache reports .pytest_cache .hypothesis build *.egg-info

@@ -181,9 +181,13 @@ def run_cell(kind: str, params: dict[str, Any], timeout_s: float = 1800) -> dict
 
 
 def embedded_tokenizer() -> str:
+    """The embedded model's folder (built if need be): `vllm bench serve` takes its tokenizer."""
     proc = subprocess.run([sys.executable, "-m", "harness.target.embedded_model"], cwd=ROOT, capture_output=True,
                           text=True, check=True)
-    return proc.stdout.strip().splitlines()[-1]
+    for line in proc.stdout.splitlines():
+        if line.strip() and (Path(line.strip()) / "tokenizer.json").is_file():
+            return line.strip()
+    raise RuntimeError(f"no model folder in the output of harness.target.embedded_model: {proc.stdout[-500:]}")
 
 
 def _median_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:

@@ -87,7 +87,11 @@ async def _drive_all(client: TargetClient, scenarios: list[Scenario], writer: Hi
 async def _drive_scenarios(client: TargetClient, hostile: TargetClient, scenarios: list[Scenario],
                            writer: HistoryWriter, cfg: RunConfig, meta: dict[str, Any], console: Console) -> None:
     entries = await client.model_entries()
-    caps = await probe(client)
+    # Salts leave the shared cache alone; only a target without working salts gets its cache reset
+    # (to verify the reset fallback of the solo oracle).
+    caps = await probe(client, allow_reset=False)
+    if not caps.cache_salt_effective.available:
+        caps = await probe(client, allow_reset=True)
     meta["capabilities"] = caps.to_json()
     solo_mode = solo_isolation(caps)
     meta["solo_isolation"] = solo_mode
@@ -95,7 +99,14 @@ async def _drive_scenarios(client: TargetClient, hostile: TargetClient, scenario
     fields = (caps.openapi.value or {}).get("completions") or [] if isinstance(caps.openapi.value, dict) else []
     planned: list[tuple[Scenario, list[RunSpec], list[Case]]] = []
     for sc in scenarios:
-        models = resolve_models(sc, entries)
+        try:
+            models = resolve_models(sc, entries)
+        except ResolveError as exc:
+            # The target lacks what the scenario needs (e.g. LoRA adapters): run the rest, say so,
+            # and never let the run PASS (see run_isolation).
+            meta.setdefault("skipped_scenarios", {})[sc.name] = str(exc)
+            console.print(f"[yellow]skipped scenario {sc.name}: {exc}[/]")
+            continue
         nonce = make_nonce()
         meta["nonces"][sc.name] = nonce
         runs = plan_runs(sc, nonce, models, solo_mode, cfg.counterfactual, cfg.solo, cfg.policy)
@@ -197,6 +208,8 @@ def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
     verdict = overall(results)
     if error and verdict is not Verdict.FAIL:
         verdict = Verdict.UNKNOWN
+    if meta.get("skipped_scenarios") and verdict is Verdict.PASS:
+        verdict = Verdict.UNKNOWN  # a scenario the target could not run was not shown to hold
     meta["duration_s"] = round(time.time() - started, 1)
     meta["error"] = error
     meta["requests"] = len(history.ops)

@@ -6,6 +6,10 @@ domain (model or adapter, cache salt) that the server had seen or was running, c
 request's prompt and generated tokens, rounded down to the block size. An unexplained hit is a
 violation even when the output did not change; across salts nothing may be shared. Where tenants
 use salts, a positive control (a same-salt hit across users) must be observed, else UNKNOWN.
+
+Cost: near-linear in the history. Each domain's prompts + outputs go into a trie of whole blocks
+(`_PrefixIndex`), so a hit is explained by walking its prompt's blocks, not by comparing it with
+every other request of its domain (which `explained_prefix`, the reference rule, does).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ def infer_block_size(ops: list[Operation]) -> int:
 
 
 def explained_prefix(op: Operation, seen: list[Operation], block: int) -> tuple[int, Operation | None]:
+    """Reference rule, one op at a time (quadratic over a domain; the check uses `_PrefixIndex`):
+    the longest common prefix of op's prompt with any `seen` prompt + output, rounded down to the
+    block, and the first op in `seen` that reaches the unrounded longest prefix."""
     prompt = op.prompt_token_ids or []
     best, source = 0, None
     for other in seen:
@@ -40,6 +47,114 @@ def explained_prefix(op: Operation, seen: list[Operation], block: int) -> tuple[
         if n > best:
             best, source = n, other
     return (best // block) * block, source
+
+
+def _window(o: Operation, a: int, b: int) -> list[int]:
+    """Tokens a..b of o's prompt + output, without building the whole concatenation."""
+    p = o.prompt_token_ids or []
+    n = len(p)
+    if b <= n:
+        return p[a:b]
+    if a >= n:
+        return o.output_token_ids[a - n:b - n]
+    return p[a:] + o.output_token_ids[:b - n]
+
+
+class _PrefixIndex:
+    """One cache domain's sequences (prompt + output of every member) in a trie of whole blocks.
+
+    Node k on a path stands for one exact token prefix of length k*block (a child is keyed by its
+    parent and the block's tokens, so equal nodes mean equal prefixes: no hashing shortcuts). Each
+    node keeps the earliest invoke time of the members through it and the earliest of a member
+    other than that one, which answers "did some other member, invoked before this op completed,
+    share these k blocks?" in O(1). With `track_members` it also keeps which members (in member
+    order) pass through each node, for finding the reference rule's source.
+    """
+
+    def __init__(self, members: list[Operation], block: int, track_members: bool) -> None:
+        self.block = block
+        self.members = members
+        self.children: dict[tuple[int, tuple[int, ...]], int] = {}
+        self.inv1: list[float] = []  # earliest invoke_s through the node
+        self.op1: list[Operation] = []  # the member with that invoke_s
+        self.inv2: list[float] = []  # earliest invoke_s of a member other than op1
+        self.through: list[list[int]] | None = [] if track_members else None
+        self.user: list[str | None] = []  # the one user through the node; None once several
+        inf = float("inf")
+        b = block
+        children, inv1, op1, inv2, through, users = self.children, self.inv1, self.op1, self.inv2, self.through, self.user
+        for pos, m in enumerate(members):
+            p = m.prompt_token_ids
+            if p is None:
+                continue
+            seq = p + m.output_token_ids if m.output_token_ids else p
+            t = m.invoke_s
+            node = -1
+            for k in range(0, len(seq) - b + 1, b):
+                key = (node, tuple(seq[k:k + b]))
+                child = children.get(key)
+                if child is None:
+                    child = len(inv1)
+                    children[key] = child
+                    inv1.append(t)
+                    op1.append(m)
+                    inv2.append(inf)
+                    users.append(m.user)
+                    if through is not None:
+                        through.append([pos])
+                else:
+                    if op1[child] is not m:
+                        if t < inv1[child]:
+                            inv2[child] = inv1[child]
+                            inv1[child], op1[child] = t, m
+                        elif t < inv2[child]:
+                            inv2[child] = t
+                    if users[child] is not None and users[child] != m.user:
+                        users[child] = None
+                    if through is not None:
+                        through[child].append(pos)
+                node = child
+
+    def explained(self, op: Operation) -> tuple[int, int]:
+        """(allowed, deepest node) for op: whole blocks of its prompt that some other member,
+        invoked before op completed, also starts with (as prompt + output)."""
+        p = op.prompt_token_ids or []
+        b, deadline = self.block, op.complete_s
+        children, inv1, op1, inv2 = self.children, self.inv1, self.op1, self.inv2
+        node, depth = -1, 0
+        for k in range(0, len(p) - b + 1, b):
+            child = children.get((node, tuple(p[k:k + b])))
+            if child is None:
+                break
+            # members through `child` are a subset of those through `node`: stop at the first miss
+            if (inv2[child] if op1[child] is op else inv1[child]) >= deadline:
+                break
+            node, depth = child, depth + 1
+        return depth * b, node
+
+    def source_user_differs(self, op: Operation, node: int, allowed: int) -> bool:
+        """Is the reference rule's source (the first member, in member order, that is seen by op
+        and reaches the longest unrounded common prefix) another user's? `node` is the deepest
+        node found by `explained`, at depth allowed/block >= 1."""
+        if self.user[node] == op.user:
+            return False  # every member through the node is op's own user
+        assert self.through is not None
+        p = op.prompt_token_ids or []
+        b, deadline = self.block, op.complete_s
+        rest = p[allowed:allowed + b]
+        cap = len(rest)
+        best, source = -1, None
+        members = self.members
+        for pos in self.through[node]:
+            m = members[pos]
+            if m is op or not m.invoke_s < deadline:
+                continue
+            extra = common_prefix_len(rest, _window(m, allowed, allowed + b))
+            if extra > best:
+                best, source = extra, m
+                if best >= cap:
+                    break  # no later member can do better, and ties keep the first
+        return source is not None and source.user != op.user
 
 
 @check("cache-accounting", "every cached-token count is explained by a same-domain (model, salt) shared prefix")
@@ -61,13 +176,16 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
         domains.setdefault((domain_model(o), o.cache_salt), []).append(o)
     salted_control = {(domain_model(o), o.cache_salt): False for o in ops if o.cache_salt and o.run != "solo"}
     for key, members in domains.items():
+        if not any(m.cached_tokens for m in members):
+            continue
+        index = _PrefixIndex(members, block, track_members=key in salted_control)
         for op in members:
             if not op.cached_tokens:
                 continue
             result.exercised += 1
-            seen = [m for m in members if m is not op and m.invoke_s < op.complete_s]
-            allowed, source = explained_prefix(op, seen, block)
-            if key in salted_control and source is not None and source.user != op.user and allowed > 0:
+            allowed, node = index.explained(op)
+            if (key in salted_control and not salted_control[key] and allowed > 0
+                    and index.source_user_differs(op, node, allowed)):
                 salted_control[key] = True
             if op.cached_tokens > allowed:
                 result.violations.append(Violation(

@@ -10,6 +10,8 @@ prompts and are not comparable. Near-tie drift is counted apart from violations.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from harness.checks.base import CheckContext, check
 from harness.checks.compare import compare_tokens
 from harness.history.record import History, Operation
@@ -45,6 +47,17 @@ def _compare_conversations(
             break  # later turns of this conversation have different prompts
 
 
+def _id_provenance(ops: list[Operation], result: CheckResult) -> None:
+    """Say when token ids were recovered from text by the target's tokenizer, not sent by the server."""
+    ok = [o for o in ops if o.ok]
+    recovered = Counter(o.token_ids_source for o in ok if o.token_ids_source not in (None, "server"))
+    if recovered:
+        result.notes.append(
+            f"{sum(recovered.values())} of {len(ok)} outputs came without token ids; their ids were recovered from "
+            f"token text with the target's own tokenizer (/extras/tokenize) {dict(recovered)}: two ids with the "
+            "same text cannot be told apart")
+
+
 def _decide(result: CheckResult, what: str) -> CheckResult:
     if result.violations:
         result.verdict = Verdict.FAIL
@@ -68,6 +81,7 @@ def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
             fixed = {u for u, v in info.variants.items() if v == 0}
             _compare_conversations("counterfactual-isolation", scenario, "main", main, info.run,
                                    history.ops_of(scenario, info.run), fixed, ctx, result)
+    _id_provenance([o for o in history.ops if o.run == "main" or o.run.startswith("cf-")], result)
     return _decide(result, "counterfactual comparisons")
 
 
@@ -84,6 +98,7 @@ def transparency(history: History, ctx: CheckContext) -> CheckResult:
             warm.append(scenario)
         _compare_conversations("cache-transparency", scenario, "solo", history.ops_of(scenario, "solo"), "main",
                                history.ops_of(scenario, "main"), set(solo.variants), ctx, result)
+    _id_provenance([o for o in history.ops if o.run in ("main", "solo")], result)
     _decide(result, "solo-replay comparisons")
     if warm and result.verdict is Verdict.PASS:
         # Fail closed: a reference that may itself have reused cache cannot show transparency.

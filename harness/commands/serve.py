@@ -1,4 +1,9 @@
-"""`harness serve`: run the embedded vLLM server in the foreground until Ctrl-C."""
+"""`harness serve`: run an embedded server in the foreground until Ctrl-C.
+
+`--stack vllm` (default): vLLM with prefix caching, salts, cached-token counts, reset, adapters.
+`--stack llama-cpp`: llama.cpp (llama-cpp-python's server) on the same model converted to GGUF
+once; it offers none of those cache observations (see docs/llamacpp.md).
+"""
 
 from __future__ import annotations
 
@@ -9,31 +14,53 @@ from pathlib import Path
 
 from harness.cli import command
 from harness.target.embedded import EmbeddedServer, LaunchError
+from harness.target.llamacpp import LlamaCppServer
+
+STACKS = ("vllm", "llama-cpp")
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stack", choices=STACKS, default="vllm",
+                   help="serving stack: vllm (default) or llama-cpp (needs `make llama-cpp`)")
     p.add_argument("--port", type=int, default=8000, help="loopback port (default 8000)")
     p.add_argument("--model-dir", type=Path, default=None, help="model folder (default: build the embedded model)")
-    p.add_argument("--log", type=Path, default=None, help="server log file (default .cache/logs/vllm-PORT.log)")
+    p.add_argument("--log", type=Path, default=None, help="server log file (default .cache/logs/STACK-PORT.log)")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for health")
+    p.add_argument("--gguf", type=Path, default=None,
+                   help="llama-cpp only: a GGUF file (default: convert the model folder once, cached)")
+    p.add_argument("--no-interrupt-requests", action="store_true",
+                   help="llama-cpp only: turn off llama-cpp-python's default of cutting a running stream short "
+                        "when another request waits (a cross-tenant finding, docs/llamacpp.md)")
 
 
 @command("serve", _configure)
 def serve(args: argparse.Namespace) -> int:
-    """Start the embedded vLLM server (prefix caching, salts, cached-token counts, reset, adapters)."""
-    server = EmbeddedServer(model_dir=args.model_dir, port=args.port, log_path=args.log,
-                            startup_timeout_s=args.startup_timeout)
-    print(f"starting embedded vLLM on 127.0.0.1:{args.port} (log: {args.log or '.cache/logs/'}) ...", flush=True)
+    """Start an embedded server: vLLM (default) or llama.cpp on the same model."""
+    server: EmbeddedServer
+    if args.stack == "llama-cpp":
+        server = LlamaCppServer(model_dir=args.model_dir, port=args.port, log_path=args.log,
+                                startup_timeout_s=args.startup_timeout, gguf=args.gguf,
+                                interrupt_requests=False if args.no_interrupt_requests else None)
+        name = "llama.cpp (llama-cpp-python)"
+    else:
+        if args.gguf is not None or args.no_interrupt_requests:
+            print("error: --gguf and --no-interrupt-requests apply to --stack llama-cpp only", file=sys.stderr)
+            return 2
+        server = EmbeddedServer(model_dir=args.model_dir, port=args.port, log_path=args.log,
+                                startup_timeout_s=args.startup_timeout)
+        name = "embedded vLLM"
+    print(f"starting {name} on 127.0.0.1:{args.port} (log: {args.log or '.cache/logs/'}) ...", flush=True)
+    # SIGTERM becomes KeyboardInterrupt from the start, so a SIGTERM at any point (during start-up,
+    # or on seeing "ready") stops the server's whole group instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         server.start()
+        print(f"ready at {server.base_url} after {server.startup_s:.1f} s; Ctrl-C to stop", flush=True)
+        while server.alive:
+            server.proc.wait()  # type: ignore[union-attr]
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"ready at {server.base_url} after {server.startup_s:.1f} s; Ctrl-C to stop", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        while server.alive:
-            server.proc.wait()  # type: ignore[union-attr]
     except KeyboardInterrupt:
         pass
     finally:

@@ -63,6 +63,7 @@ class Operation:
     prompt_tokens: int | None = None
     ttft_s: float | None = None
     finish_reason: str | None = None
+    token_ids_source: str | None = None  # see GenerationResult: "server", "tokenize", "tokenize-text"
     kind: str = "op"
 
     @classmethod

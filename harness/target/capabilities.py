@@ -327,7 +327,9 @@ class _Prober:
         n_out = len(res.output_token_ids)
         c.output_token_ids = Capability(
             n_out > 0, n_out > 0,
-            f"{endpoint}: {n_out} output token ids" + ("" if n_out else " (neither token_ids nor token_id: logprob keys)"),
+            f"{endpoint}: {n_out} output token ids" + ("" if n_out else " (neither token_ids nor token_id: logprob keys)")
+            + ("" if res.token_ids_source in (None, "server") else
+               f" recovered from token text via /extras/tokenize ({res.token_ids_source}); the server sent none"),
         )
         p = res.prompt_token_ids
         if p is None:
@@ -341,6 +343,8 @@ class _Prober:
         depth = min((len(t) for t in res.top_logprobs), default=0)
         chosen_in = all(tok in top for tok, top in zip(res.output_token_ids, res.top_logprobs))
         ev = f"{endpoint}: asked {depth_asked}, got {depth} per position keyed by token id"
+        if res.token_ids_source not in (None, "server"):
+            ev += " (the server keyed them by text; ids from /extras/tokenize)"
         if depth:
             ev += "; chosen token in its top list" if chosen_in else "; chosen token NOT always in its top list"
         else:
