@@ -22,7 +22,9 @@ STACKS = ("vllm", "llama-cpp")
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stack", choices=STACKS, default="vllm",
                    help="serving stack: vllm (default) or llama-cpp (needs `make llama-cpp`)")
-    p.add_argument("--port", type=int, default=8000, help="loopback port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, loopback only; 0.0.0.0 in a container)")
     p.add_argument("--model-dir", type=Path, default=None, help="model folder (default: build the embedded model)")
     p.add_argument("--log", type=Path, default=None, help="server log file (default .cache/logs/STACK-PORT.log)")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for health")
@@ -39,7 +41,7 @@ def serve(args: argparse.Namespace) -> int:
     server: EmbeddedServer
     if args.stack == "llama-cpp":
         server = LlamaCppServer(model_dir=args.model_dir, port=args.port, log_path=args.log,
-                                startup_timeout_s=args.startup_timeout, gguf=args.gguf,
+                                startup_timeout_s=args.startup_timeout, gguf=args.gguf, host=args.host,
                                 interrupt_requests=False if args.no_interrupt_requests else None)
         name = "llama.cpp (llama-cpp-python)"
     else:
@@ -47,9 +49,9 @@ def serve(args: argparse.Namespace) -> int:
             print("error: --gguf and --no-interrupt-requests apply to --stack llama-cpp only", file=sys.stderr)
             return 2
         server = EmbeddedServer(model_dir=args.model_dir, port=args.port, log_path=args.log,
-                                startup_timeout_s=args.startup_timeout)
+                                startup_timeout_s=args.startup_timeout, host=args.host)
         name = "embedded vLLM"
-    print(f"starting {name} on 127.0.0.1:{args.port} (log: {args.log or '.cache/logs/'}) ...", flush=True)
+    print(f"starting {name} on {args.host}:{args.port} (log: {args.log or '.cache/logs/'}) ...", flush=True)
     # SIGTERM becomes KeyboardInterrupt from the start, so a SIGTERM at any point (during start-up,
     # or on seeing "ready") stops the server's whole group instead of orphaning it.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

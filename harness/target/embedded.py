@@ -66,6 +66,9 @@ class EmbeddedServer:
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
     extra_args: list[str] = field(default_factory=list)
     python: str = sys.executable
+    host: str = "127.0.0.1"
+    """Address the server listens on; 0.0.0.0 serves other machines (a container's port). Health
+    checks and `base_url` still use the loopback address."""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     pgid: int | None = field(default=None, init=False)
     base_url: str = field(default="", init=False)
@@ -79,7 +82,7 @@ class EmbeddedServer:
             self.python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model_dir),
             "--served-model-name", SERVED_MODEL_NAME,
-            "--host", "127.0.0.1", "--port", str(port),
+            "--host", self.host, "--port", str(port),
             "--dtype", "float32",
             "--max-model-len", "2048",
             "--enable-prefix-caching",

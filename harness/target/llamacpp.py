@@ -164,7 +164,7 @@ class LlamaCppServer(EmbeddedServer):
             self.python, "-m", "llama_cpp.server",
             "--model", str(self.gguf),
             "--model_alias", SERVED_MODEL_NAME,
-            "--host", "127.0.0.1", "--port", str(port),
+            "--host", self.host, "--port", str(port),
             "--n_ctx", str(self.n_ctx),
             *([] if self.interrupt_requests is None else ["--interrupt_requests", str(self.interrupt_requests)]),
             *self.extra_args,
