@@ -45,7 +45,11 @@ def generic_values() -> list[tuple[str, Any]]:
 def build_cases(scenario: Scenario, plans: list[UserPlan], fields: list[str], models: dict[str, str],
                 salts: dict[str, str | None], adapters: list[str]) -> list[Case]:
     """Every hostile case for one scenario; deterministic for a given scenario and listing."""
-    cases = [Case(f"{f}={label}", {f: value}) for f in fields for label, value in generic_values()]
+    # The adversary's own prompt starts with the run's nonce like every other prompt, so no cache
+    # entry from an earlier run can explain (or hide) a hit.
+    own = plans[0].system_text.split(" ")[:4] if plans else []
+    own_prompt = " ".join(own) + " adversary probe with a few words of its own"
+    cases = [Case(f"{f}={label}", {f: value}, own_prompt) for f in fields for label, value in generic_values()]
     others: list[tuple[str, Any]] = []
     for t in scenario.tenants:
         others.append((f"tenant-name:{t.name}", t.name))
@@ -56,7 +60,7 @@ def build_cases(scenario: Scenario, plans: list[UserPlan], fields: list[str], mo
         others.append((f"model-name:{m}", m))
     for f in IDENTITY_FIELDS:
         if f in fields or f in ("cache_salt", "model"):
-            cases += [Case(f"{f}={label}", {f: value}) for label, value in others]
+            cases += [Case(f"{f}={label}", {f: value}, own_prompt) for label, value in others]
     # Prompts cut around block boundaries of each victim's shared context, sent with the victim's
     # own salt (sharing by design: a finding, not a FAIL) and with the adversary's salt.
     for plan in plans:
