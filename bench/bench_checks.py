@@ -342,7 +342,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
         (f"**{r['all_checks_cpu_s']:.1f} s**" if r["complete"] else f"**> {r['all_checks_cpu_s']:.0f} s**")
         for r in results) + " |")
     lines.append("| per 1,000 requests | " + " | ".join(
-        f"{1000 * r['all_checks_cpu_s'] / r['requests']:.3f} s" for r in results) + " |")
+        (f"{1000 * r['all_checks_cpu_s'] / r['requests']:.3f} s" if r["complete"] else "(some stopped)")
+        for r in results) + " |")
     lines.append("| verdicts | " + " | ".join(
         ", ".join(sorted({c['verdict'] for c in r['checks'].values()})) for r in results) + " |")
     lines.append("| peak RSS (history alone) | " + " | ".join(
@@ -352,7 +353,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="cost of every check over synthetic histories")
-    ap.add_argument("mode", nargs="?", default="bench", choices=["bench", "verify", "_size"])
+    ap.add_argument("mode", nargs="?", default="bench", choices=["bench", "verify", "table", "_size"],
+                    help="bench (default); verify; table: print the markdown table of --out again")
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--budget", type=float, default=300.0, help="CPU seconds allowed per check and size")
     ap.add_argument("--iterations", type=int, default=3000, help="random histories for `verify`")
@@ -363,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.mode == "verify":
         return verify(args.iterations, args.seed)
+    if args.mode == "table":
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
     if args.mode == "_size":
         print(json.dumps(size_main(int(args.sizes), args.budget, args.seed, args.reference == "yes")))
         return 0

@@ -210,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="500 requests, 1 repeat, 500 scale users")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "driver.json")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --out again and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
     if args.quick:
         args.requests, args.repeats, args.scale_users = 500, 1, 500
     from bench.fake_server import FakeServer

@@ -26,6 +26,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import zlib
@@ -340,7 +341,8 @@ class SpawnedServer:
         if tokens:
             args += ["--tokens", str(tokens)]
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.proc = subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._log = tempfile.TemporaryFile()  # not a pipe: a chatty server must never block on it
+        self.proc = subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL, stderr=self._log)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -348,8 +350,9 @@ class SpawnedServer:
                     break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                     self.stop()
+                    self._log.seek(0)
+                    err = self._log.read().decode(errors="replace")
                     raise RuntimeError(f"fake server did not start: {err[-2000:]}")
                 time.sleep(0.05)
 

@@ -38,7 +38,7 @@ def test_library_passes_on_embedded_server(embedded_url: str, tmp_path: Path) ->
     assert len(ops) == report["metadata"]["requests"]
     assert all(o.ok for o in ops if not o.run.startswith("adversary"))  # hostile input may be refused
     assert any(o.run == "adversary" for o in ops)
-    assert {o.run for o in ops} == {"main", "cf-0", "cf-1", "solo"}
+    assert {o.run for o in ops} == {"main", "cf-0", "cf-1", "solo", "adversary", "adversary-alone"}
     assert "<testsuite" in (tmp_path / "junit.xml").read_text()
 
 
