@@ -123,7 +123,7 @@ def _two_tenants(s: Scenario) -> bool:
 
 def _simulate(tmp_path: Path, run: Callable[..., RunOutcome], **cfg: Any) -> ex.ExploreResult:
     with mock.patch.object(ex, "run_scenario", run), mock.patch.object(ex, "_alive", lambda t: True):
-        config = ExploreConfig(**{"target": "http://sim", "examples": 15, "seed": 1, "report_dir": tmp_path,
+        config = ExploreConfig(**{"target": "http://sim", "examples": 60, "seed": 1, "report_dir": tmp_path,
                                   "found_dir": tmp_path / "found", "strategy": scenarios(adapters=(None,)), **cfg})
         return explore(config)
 
