@@ -155,9 +155,9 @@ def test_a_failure_that_stops_reproducing_is_reported_not_raised(tmp_path: Path)
 
 
 def test_an_unconfirmed_failure_is_kept_apart_and_not_shrunk(tmp_path: Path) -> None:
-    res = _simulate(tmp_path, _simulated(_two_tenants, flaky_after=None), confirm=0, examples=15)
+    res = _simulate(tmp_path, _simulated(_two_tenants, flaky_after=None), confirm=0)
     first = res.generated
-    res = _simulate(tmp_path / "phantom", _simulated(_two_tenants, flaky_after=first), confirm=1, examples=15)
+    res = _simulate(tmp_path / "phantom", _simulated(_two_tenants, flaky_after=first), confirm=1)
     assert not res.found and len(res.unconfirmed) == 1 and Path(res.unconfirmed[0]).is_dir()
     assert res.shrink_runs == 0 and res.exit_code == 0
 
