@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -59,6 +60,9 @@ def tail(path: Path, lines: int = 40) -> str:
 @dataclass
 class EmbeddedServer:
     """The embedded vLLM server; use as a context manager or call start()/stop()."""
+
+    NAME: ClassVar[str] = "embedded vLLM"
+    HEALTH_PATH: ClassVar[str] = "/health"  # answers 200 once the model is loaded
 
     model_dir: Path | None = None
     port: int | None = None
@@ -111,10 +115,15 @@ class EmbeddedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", PYTHONUNBUFFERED="1")
         env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        return self._launch(self.command(Path(self.model_dir), self.port), env)
+
+    def _launch(self, cmd: list[str], env: dict[str, str]) -> str:
+        """Start `cmd` in its own process group, logging to log_path, and wait for health."""
+        assert self.log_path is not None and self.port is not None
         with open(self.log_path, "wb") as log:
             try:
                 self.proc = subprocess.Popen(
-                    self.command(Path(self.model_dir), self.port),
+                    cmd,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -144,17 +153,17 @@ class EmbeddedServer:
             code = self.proc.poll()
             if code is not None:
                 raise LaunchError(
-                    f"embedded vLLM exited with code {code} during start-up; log {self.log_path}:\n"
+                    f"{self.NAME} exited with code {code} during start-up; log {self.log_path}:\n"
                     f"{tail(self.log_path)}"
                 )
             try:
-                if httpx.get(self.base_url + "/health", timeout=2.0).status_code == 200:
+                if httpx.get(self.base_url + self.HEALTH_PATH, timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             if time.monotonic() - t0 > self.startup_timeout_s:
                 raise LaunchError(
-                    f"embedded vLLM not healthy after {self.startup_timeout_s:.0f} s; log {self.log_path}:\n"
+                    f"{self.NAME} not healthy after {self.startup_timeout_s:.0f} s; log {self.log_path}:\n"
                     f"{tail(self.log_path)}"
                 )
             time.sleep(0.5)  # readiness polling of an external process, not test synchronisation

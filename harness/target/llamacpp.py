@@ -21,7 +21,6 @@ no cache salt, no cache reset, no /metrics, no adapters. Requests are served one
 
 from __future__ import annotations
 
-import atexit
 import os
 import subprocess
 import sys
@@ -29,8 +28,8 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-import httpx
 
 from harness.target.embedded import EmbeddedServer, LaunchError, free_port, port_in_use, tail
 
@@ -148,6 +147,9 @@ def build_gguf(model_dir: Path | None = None, cache_dir: Path | None = None, for
 class LlamaCppServer(EmbeddedServer):
     """llama-cpp-python's server on the GGUF of the embedded model; a context manager like EmbeddedServer."""
 
+    NAME: ClassVar[str] = "llama.cpp server"
+    HEALTH_PATH: ClassVar[str] = "/v1/models"  # llama-cpp-python has no /health
+
     gguf: Path | None = None
     n_ctx: int = 2048
     # llama-cpp-python cuts a running *stream* short (sends [DONE] early) whenever another
@@ -187,45 +189,7 @@ class LlamaCppServer(EmbeddedServer):
         if self.log_path is None:
             self.log_path = Path(".cache") / "logs" / f"llamacpp-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(self.log_path, "wb") as log:
-            try:
-                self.proc = subprocess.Popen(
-                    self.command(Path(self.gguf), self.port),
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, env=env,
-                )
-            except OSError as exc:
-                raise LaunchError(f"cannot start {self.python}: {exc}") from exc
-        self.pgid = self.proc.pid  # see EmbeddedServer.start: the group outlives its leader
-        atexit.register(self.stop)
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        t0 = time.monotonic()
-        try:
-            self._wait_healthy(t0)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_s = time.monotonic() - t0
-        return self.base_url
-
-    def _wait_healthy(self, t0: float) -> None:
-        """llama-cpp-python has no /health; a 200 from GET /v1/models means the model is loaded."""
-        assert self.proc is not None and self.log_path is not None
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise LaunchError(f"llama.cpp server exited with code {code} during start-up; log {self.log_path}:\n"
-                                  f"{tail(self.log_path)}")
-            try:
-                if httpx.get(self.base_url + "/v1/models", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - t0 > self.startup_timeout_s:
-                raise LaunchError(f"llama.cpp server not healthy after {self.startup_timeout_s:.0f} s; "
-                                  f"log {self.log_path}:\n{tail(self.log_path)}")
-            time.sleep(0.5)  # readiness polling of an external process, not test synchronisation
+        return self._launch(self.command(Path(self.gguf), self.port), dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def check_alive(self) -> None:
         """Raise LaunchError with the log tail if the server has died."""
