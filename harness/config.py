@@ -26,6 +26,7 @@ from harness.checks.compare import DEFAULT_TOLERANCE
 CONFIG_FILE = "isolation.toml"
 PYPROJECT_FILE = "pyproject.toml"
 POLICIES = ("shared-prefix", "salted")
+STACKS = ("vllm", "llama-cpp")
 
 RUN_DEFAULTS: dict[str, Any] = {
     "target": None,
@@ -38,6 +39,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "known_findings": None,
     "no_solo": False,
     "no_counterfactual": False,
+    "stack": "vllm",
 }
 """The defaults of `harness run`, by argparse destination name."""
 
@@ -111,6 +113,12 @@ def _policy(v: Any, base: Path) -> str:
     return str(v)
 
 
+def _stack(v: Any, base: Path) -> str:
+    if v not in STACKS:
+        raise ValueError(f"expected one of {', '.join(STACKS)}")
+    return str(v)
+
+
 def _bool(v: Any, base: Path) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
@@ -128,6 +136,7 @@ KEYS: dict[str, tuple[str, Callable[[Any, Path], Any]]] = {
     "known-findings": ("known_findings", _path),
     "no-solo": ("no_solo", _bool),
     "no-counterfactual": ("no_counterfactual", _bool),
+    "stack": ("stack", _stack),
 }
 """File key -> (argparse destination, checker)."""
 

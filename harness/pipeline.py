@@ -14,6 +14,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -38,6 +39,7 @@ from harness.scenario.model import Scenario
 from harness.scenario.render import make_nonce
 from harness.target.client import TargetClient
 from harness.target.embedded import EmbeddedServer, LaunchError
+from harness.target.llamacpp import LlamaCppServer
 from harness.target.resolve import ResolveError, resolve_models, split_models
 from harness.target.capabilities import Capabilities, ProbeError, parse_prefix_cache_metrics, probe
 from harness.verdict import CheckResult, Verdict, overall
@@ -55,6 +57,8 @@ class RunConfig:
     counterfactual: bool = True
     solo: bool = True
     known_findings: Path | None = None
+    stack: str = "vllm"
+    """The server the harness launches when no target is given: "vllm" or "llama-cpp"."""
 
 
 @dataclass
@@ -78,22 +82,19 @@ def _prepare_report_dir(d: Path) -> None:
 
 
 async def _drive_all(client: TargetClient, scenarios: list[Scenario], writer: HistoryWriter, cfg: RunConfig,
-                     meta: dict[str, Any], console: Console) -> None:
+                     meta: dict[str, Any], console: Console, restart: Callable[[], object] | None) -> None:
     hostile = TargetClient(client.base_url, timeout_s=cfg.timeout_s, keepalive=False)
     async with hostile:
-        await _drive_scenarios(client, hostile, scenarios, writer, cfg, meta, console)
+        await _drive_scenarios(client, hostile, scenarios, writer, cfg, meta, console, restart)
 
 
 async def _drive_scenarios(client: TargetClient, hostile: TargetClient, scenarios: list[Scenario],
-                           writer: HistoryWriter, cfg: RunConfig, meta: dict[str, Any], console: Console) -> None:
+                           writer: HistoryWriter, cfg: RunConfig, meta: dict[str, Any], console: Console,
+                           restart: Callable[[], object] | None = None) -> None:
     entries = await client.model_entries()
-    # Salts leave the shared cache alone; only a target without working salts gets its cache reset
-    # (to verify the reset fallback of the solo oracle).
-    caps = await probe(client, allow_reset=False)
-    if not caps.cache_salt_effective.available:
-        caps = await probe(client, allow_reset=True)
+    caps = await probe_target(client)
     meta["capabilities"] = caps.to_json()
-    solo_mode = solo_isolation(caps)
+    solo_mode = solo_isolation(caps, can_restart=restart is not None)
     meta["solo_isolation"] = solo_mode
     base_model, adapters = split_models(entries)
     fields = (caps.openapi.value or {}).get("completions") or [] if isinstance(caps.openapi.value, dict) else []
@@ -117,7 +118,7 @@ async def _drive_scenarios(client: TargetClient, hostile: TargetClient, scenario
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("requests", total=total)
-        opts = DriverOptions(on_op=lambda op: progress.advance(task))
+        opts = DriverOptions(on_op=lambda op: progress.advance(task), restart=restart)
         writer.append(await _metrics_snapshot(client, "before"))
         for sc, runs, cases in planned:
             for spec in runs:
@@ -136,12 +137,24 @@ async def _drive_scenarios(client: TargetClient, hostile: TargetClient, scenario
         writer.append(await _metrics_snapshot(client, "after"))
 
 
-def solo_isolation(caps: Capabilities) -> Isolation:
-    """How the solo replay avoids cache reuse: a fresh salt, else a reset, else it may run warm."""
+async def probe_target(client: TargetClient) -> Capabilities:
+    """The capability probe as a run takes it. Salts leave the shared cache alone; only a target
+    without working salts gets its cache reset (to verify the reset fallback of the solo oracle)."""
+    caps = await probe(client, allow_reset=False)
+    if not caps.cache_salt_effective.available:
+        caps = await probe(client, allow_reset=True)
+    return caps
+
+
+def solo_isolation(caps: Capabilities, can_restart: bool = False) -> Isolation:
+    """How the solo replay avoids cache reuse: a fresh salt, else a reset, else (when the harness
+    launched the server) a fresh server process per request, else it may run warm."""
     if caps.cache_salt_effective.available:
         return "salt"
     if caps.cache_reset.available:
         return "reset"
+    if can_restart:
+        return "restart"
     return "warm"
 
 
@@ -177,8 +190,9 @@ def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
             server = None
             base_url = cfg.target
             if base_url is None:
-                console.print("starting the embedded vLLM server ...")
-                server = stack.enter_context(EmbeddedServer())
+                server = LlamaCppServer() if cfg.stack == "llama-cpp" else EmbeddedServer()
+                console.print(f"starting the {server.NAME} server ...")
+                stack.enter_context(server)
                 base_url = server.base_url
                 meta["embedded_startup_s"] = round(server.startup_s or 0, 1)
             meta["embedded"] = server is not None
@@ -188,7 +202,8 @@ def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunOutcome:
 
             async def go() -> None:
                 async with client:
-                    await _drive_all(client, scenarios, writer, cfg, meta, console)
+                    await _drive_all(client, scenarios, writer, cfg, meta, console,
+                                     server.restart if server is not None else None)
 
             try:
                 asyncio.run(go())

@@ -162,11 +162,10 @@ def test_an_unconfirmed_failure_is_kept_apart_and_not_shrunk(tmp_path: Path) -> 
     assert res.shrink_runs == 0 and res.exit_code == 0
 
 
-def test_timed_search_stops_in_time_and_counts(tmp_path: Path) -> None:
-    t0 = time.monotonic()
+def test_timed_search_stops_by_itself_and_counts(tmp_path: Path) -> None:
+    # No example limit: only the time budget can end it (the test's own timeout guards a hang).
     res = _simulate(tmp_path, _simulated(lambda s: False), examples=None, time_s=1.0, batch=5)
     assert not res.found and res.searches >= 2 and res.exit_code == 0
-    assert time.monotonic() - t0 < 30
     assert res.requests == 3 * res.examples and res.cross_user_hits == res.examples
 
 

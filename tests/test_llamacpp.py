@@ -5,7 +5,8 @@ once and cached). The tests pin what the harness can and cannot show there: toke
 recovered from token text with the server's own tokenizer (and must agree with the model's
 tokenizer), the probe finds no cached-token counts, salt, reset or metrics, the solo oracle falls
 back to a possibly warm reference and says so, the counterfactual check still runs, and faults
-that act on outputs are detected through it while faults that need cache accounting are not.
+that act on outputs (flip included, on text-keyed logprobs) are detected through it while faults
+that need cache accounting are not.
 
 Skipped only when `llama_cpp` is not importable (`make llama-cpp` installs it). Set
 HARNESS_TEST_LLAMACPP_TARGET=http://127.0.0.1:PORT to reuse a running llama.cpp server.
@@ -29,6 +30,7 @@ from harness.target.llamacpp import LlamaCppServer, build_gguf, gguf_path_for, l
 
 import httpx
 
+from harness.faults.catalog import FLIP_MIN_MARGIN
 from harness.faults.proxy import FaultProxy
 from harness.pipeline import RunConfig, run_isolation, solo_isolation
 from harness.target.capabilities import probe
@@ -170,6 +172,54 @@ def test_output_faults_are_detected(fault: str, scenarios: list[str], llamacpp_u
     failed = {n for n, c in _checks(tmp_path).items() if c["verdict"] == "fail"}
     assert out.verdict is Verdict.FAIL and failed & {"counterfactual-isolation", "cache-transparency"}, failed
     assert any((tmp_path / "reproducers").iterdir())
+
+
+@pytest.mark.parametrize(("endpoint", "stream"), [("completions", False), ("completions", True), ("chat", True)])
+def test_flip_injects_on_text_keyed_logprobs(endpoint: str, stream: bool, llamacpp_url: str) -> None:
+    """llama.cpp keys logprobs by token text and sends no ids: flip still changes exactly one
+    confident token, to a pool word that is one token on the server and lies outside that position's
+    top logprobs, and the client's id recovery sees exactly that change."""
+    prompt = " ".join(["zitufu", "zipet", "kuka", "ritede", "dobara", "namifo", "nivo", "kene", "siva"] * 3)
+    kw = {"prompt": prompt} if endpoint == "completions" else {"messages": [{"role": "user", "content": prompt}]}
+    req = GenerationRequest(endpoint, "tiny-llama", max_tokens=16, top_logprobs=5, stream=stream, **kw)
+
+    async def go():
+        async with FaultProxy(llamacpp_url, fault="flip", seed=3) as proxy:
+            async with TargetClient(llamacpp_url) as direct, TargetClient(proxy.url) as via:
+                reference = await direct.generate(req)
+                faulted = await via.generate(req)
+                tokenized = await direct.tokenize("tiny-llama", faulted.output_text)
+            return reference, faulted, tokenized, proxy.injections.snapshot()
+
+    reference, faulted, tokenized, injections = asyncio.run(go())
+    assert reference.ok and faulted.ok, (reference.error, faulted.error)
+    assert len(injections) == 1, "no position had a top-1 margin above FLIP_MIN_MARGIN"
+    assert "one token on the target" in injections[0].detail
+    assert faulted.token_ids_source == "tokenize", "every flipped-response token maps back to one id"
+    a, b = reference.output_token_ids, faulted.output_token_ids
+    diffs = [k for k, (x, y) in enumerate(zip(a, b)) if x != y]
+    assert len(a) == len(b) and len(diffs) == 1
+    k = diffs[0]
+    ranked = sorted(reference.top_logprobs[k].values(), reverse=True)
+    assert ranked[0] - ranked[1] > FLIP_MIN_MARGIN and b[k] not in reference.top_logprobs[k]
+    assert b[k] in faulted.top_logprobs[k] and faulted.token_logprobs[k] < min(reference.top_logprobs[k].values())
+    assert tokenized == b != a, "the text says the new token too"
+
+
+def test_flip_is_detected_on_llamacpp(llamacpp_url: str, tmp_path: Path) -> None:
+    """A run of strict-prefix through the flipping proxy FAILs, because of the flips: the violations
+    name requests the proxy flipped, and the new token is outside the reference's top logprobs (not a
+    near-tie that drift could explain)."""
+    with FaultProxy(llamacpp_url, fault="flip", rate=1.0, seed=3) as proxy:
+        out = run_isolation(RunConfig(target=proxy.url, scenario_paths=[LIBRARY / "strict-prefix.yaml"],
+                                      report_dir=tmp_path))
+        flipped = {i.op for i in proxy.injections if i.op}
+    checks = _checks(tmp_path)
+    failed = {n for n, c in checks.items() if c["verdict"] == "fail"}
+    assert flipped and out.verdict is Verdict.FAIL and "cache-transparency" in failed, failed
+    shown = [v for n in failed for v in checks[n]["violations"] if set(v["op_ids"]) & flipped]
+    assert shown, "no violation names a flipped request"
+    assert any("not among the" in v["message"] for v in shown), shown[0]["message"]  # not a near-tie
 
 
 def test_accounting_fault_cannot_act_without_counts(llamacpp_url: str, tmp_path: Path) -> None:

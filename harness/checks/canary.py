@@ -26,16 +26,42 @@ def canary(history: History, ctx: CheckContext) -> CheckResult:
         if info.isolation != "shared":
             continue  # solo replays hold one conversation at a time: nothing foreign to leak
         planted = [(user, c) for user, cs in info.canaries.items() for c in cs]
+        if not planted:
+            continue
+        owner_tenants = {info.tenants.get(u) for u, _ in planted}
+        # A phrase occurs in a normalised text exactly when its words occur there in a row, so each
+        # output is read once, word run by word run, instead of once per planted canary.
+        by_words: dict[tuple[str, ...], set[int]] = {}
+        wordless: list[int] = []
+        for i, (_, phrase) in enumerate(planted):
+            words = phrase.split()
+            if not words:
+                wordless.append(i)
+                continue
+            by_words.setdefault(tuple(words), set()).add(i)
+            rest = words[FISHING_WORDS:]
+            if len(rest) >= 4:
+                by_words.setdefault(tuple(rest), set()).add(i)
+        lengths = sorted({len(w) for w in by_words})
         for op in history.ops_of(info.scenario, info.run):
             if not op.ok:
                 continue
-            foreign = [(u, c) for u, c in planted if info.tenants.get(u) != op.tenant]
-            if not foreign:
-                continue
+            if not owner_tenants - {op.tenant}:
+                continue  # every canary of this run is the op's own tenant's
             result.exercised += 1
-            text = _norm(op.output_text)
-            for owner, phrase in foreign:
-                if _leaked(phrase, text):
+            words = op.output_text.split()
+            found: set[int] = set()
+            for k in lengths:
+                for j in range(len(words) - k + 1):
+                    hit = by_words.get(tuple(words[j:j + k]))
+                    if hit:
+                        found |= hit
+            if wordless:
+                text = _norm(op.output_text)
+                found.update(i for i in wordless if _leaked(planted[i][1], text))
+            for i in sorted(found):
+                owner, phrase = planted[i]
+                if info.tenants.get(owner) != op.tenant:
                     result.violations.append(Violation(
                         check="canary", scenario=info.scenario, users=[op.user, owner], op_ids=[op.op_id],
                         message=(f"output of {op.user!r} (tenant {op.tenant!r}) in run {info.run} contains the canary "

@@ -73,10 +73,13 @@ def _decide(result: CheckResult, what: str) -> CheckResult:
        "a user's outputs do not change when other users' private content is re-drawn (shared prefixes kept)")
 def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
+    runs_of: dict[str, list] = {}  # one pass over the runs, not one per scenario
+    for info in history.runs:
+        runs_of.setdefault(info.scenario, []).append(info)
     for scenario in history.scenarios():
         main = history.ops_of(scenario, "main")
-        for info in history.runs:
-            if info.scenario != scenario or not info.run.startswith("cf-"):
+        for info in runs_of.get(scenario, []):
+            if not info.run.startswith("cf-"):
                 continue
             fixed = {u for u, v in info.variants.items() if v == 0}
             _compare_conversations("counterfactual-isolation", scenario, "main", main, info.run,

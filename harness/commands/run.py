@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.checks.compare import DEFAULT_TOLERANCE
 from harness.cli import command
-from harness.config import RUN_DEFAULTS, ConfigError, load_config, merge
+from harness.config import RUN_DEFAULTS, STACKS, ConfigError, load_config, merge
 from harness.pipeline import RunConfig, run_isolation
 
 
@@ -26,6 +26,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    "./pyproject.toml, if present). Flags override the file")
     p.add_argument("--target", default=None, help="base URL of an OpenAI-compatible server "
                    "(default: start the embedded vLLM server)")
+    p.add_argument("--stack", choices=STACKS, default=None,
+                   help="without --target: the server to launch, vllm (default) or llama-cpp (needs `make llama-cpp`)")
     p.add_argument("--scenario", action="append", type=Path, default=None, metavar="FILE_OR_DIR",
                    help="scenario file or folder (repeatable; default: scenarios/)")
     p.add_argument("--report-dir", type=Path, default=None, help="where reports go (default: reports/latest)")
@@ -65,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
     cfg = RunConfig(target=s["target"], scenario_paths=s["scenario"], report_dir=s["report_dir"], seed=s["seed"],
                     policy=s["policy"], tolerance=s["tolerance"], timeout_s=s["timeout"],
                     counterfactual=not s["no_counterfactual"], known_findings=s["known_findings"],
-                    solo=not s["no_solo"])
+                    solo=not s["no_solo"], stack=s["stack"])
     return run_isolation(cfg).exit_code

@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 
 from harness.cli import command
+from harness.config import STACKS
 from harness.target.embedded import EmbeddedServer, LaunchError
 from harness.target.llamacpp import LlamaCppServer
-
-STACKS = ("vllm", "llama-cpp")
-
 
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stack", choices=STACKS, default="vllm",

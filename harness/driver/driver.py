@@ -4,25 +4,29 @@ Turns stay in order within a conversation; across users the schedule decides: `l
 (everyone's turn k, then k+1), `random` (a seeded order, up to `concurrency` in flight) or
 `burst` (everyone's next turn at once). Every request, failed or not, becomes an Operation.
 A solo replay runs each conversation alone, one request at a time, with no cache reuse: a fresh
-cache salt per request, or a cache reset before each request.
+cache salt per request, a cache reset before each request, or (where the harness launched the
+server) a fresh server process before each request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import gc
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 from harness.history.record import HistoryWriter, Operation, RunInfo
 from harness.scenario.model import Scenario
 from harness.scenario.render import UserPlan, request_seed
-from harness.target.client import GenerationRequest, TargetClient
+from harness.target.client import GenerationRequest, GenerationResult, TargetClient
 
-Isolation = Literal["shared", "salt", "reset", "warm"]
+Isolation = Literal["shared", "salt", "reset", "restart", "warm"]
 _EPOCH = time.monotonic()  # one clock for every run of a process, so histories order across runs
 
 
@@ -54,6 +58,8 @@ class DriverOptions:
     max_consecutive_connection_failures: int = 8
     on_op: Callable[[Operation], None] | None = None
     run_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    restart: Callable[[], object] | None = None
+    """Starts a fresh server process (blocking); needed by runs with isolation "restart"."""
 
 
 def build_request(spec: RunSpec, plan: UserPlan, turn: int, outputs: list[str], salt: str | None) -> GenerationRequest:
@@ -102,9 +108,12 @@ class _Run:
         if spec.isolation == "reset":
             await self.client.reset_prefix_cache()
         req = build_request(spec, plan, turn, self.outputs[plan.user], salt)
-        invoke = now()
-        result = await self.client.generate(req)
-        complete = now()
+        if spec.isolation == "restart":
+            result, invoke, complete = await self._on_fresh_server(req)
+        else:
+            invoke = now()
+            result = await self.client.generate(req)
+            complete = now()
         op = Operation.from_result(
             result,
             run=spec.run, scenario=spec.scenario.name, op_id=req.headers["X-Harness-Op"],
@@ -125,6 +134,16 @@ class _Run:
                 if self.consecutive_conn_failures >= self.opts.max_consecutive_connection_failures:
                     raise TargetDown(f"target stopped answering: {result.error}")
 
+    async def _on_fresh_server(self, req: GenerationRequest) -> tuple[GenerationResult, float, float]:
+        """Restart the server, then send `req` on a new connection (the old ones died with it)."""
+        if self.opts.restart is None:
+            raise ValueError(f"run {self.spec.run!r} needs a server restart hook (isolation 'restart')")
+        await asyncio.to_thread(self.opts.restart)
+        async with TargetClient(self.client.base_url, timeout_s=self.client.timeout_s, keepalive=False) as fresh:
+            invoke = now()
+            result = await fresh.generate(req)
+            return result, invoke, now()
+
     def order(self) -> list[tuple[UserPlan, int]]:
         sched = self.spec.scenario.schedule
         plans = self.spec.plans
@@ -134,13 +153,15 @@ class _Run:
         rng = random.Random(sched.seed)
         remaining = {p.user: 0 for p in plans}
         by_user = {p.user: p for p in plans}
+        users = sorted(remaining)  # kept sorted as users finish: the same draws as sorting every time
         order: list[tuple[UserPlan, int]] = []
         while remaining:
-            user = rng.choice(sorted(remaining))
+            user = rng.choice(users)
             order.append((by_user[user], remaining[user]))
             remaining[user] += 1
             if remaining[user] >= len(by_user[user].turn_texts):
                 del remaining[user]
+                del users[bisect.bisect_left(users, user)]
         return order
 
     async def drive(self) -> None:
@@ -161,6 +182,8 @@ class _Run:
         for (user, t), ev in done.items():
             turn_done.setdefault(t, []).append(ev)
         tasks: list[asyncio.Task[None]] = []
+        failures: list[tuple[int, asyncio.Task[None]]] = []  # (launch index, task) of tasks that raised
+        waited_turn = -1  # lockstep: the last turn whose requests have all been awaited
 
         async def launch(plan: UserPlan, turn: int) -> None:
             try:
@@ -174,13 +197,16 @@ class _Run:
             for plan, turn in self.order():
                 if turn > 0:
                     await done[(plan.user, turn - 1)].wait()
-                    if sched.interleaving == "lockstep":
+                    if sched.interleaving == "lockstep" and waited_turn < turn - 1:
                         await asyncio.gather(*(ev.wait() for ev in turn_done[turn - 1]))
+                        waited_turn = turn - 1
                 await sem.acquire()
-                tasks.append(asyncio.create_task(launch(plan, turn)))
-                failed = [t for t in tasks if t.done() and t.exception()]
-                if failed:
-                    raise failed[0].exception()  # type: ignore[misc]
+                task = asyncio.create_task(launch(plan, turn))
+                task.add_done_callback(
+                    lambda t, i=len(tasks): failures.append((i, t)) if not t.cancelled() and t.exception() else None)
+                tasks.append(task)
+                if failures:  # collected as tasks finish, instead of rescanning every task per launch
+                    raise min(failures, key=lambda f: f[0])[1].exception()  # type: ignore[misc]
             await asyncio.gather(*tasks)
         finally:
             for t in tasks:
@@ -200,4 +226,29 @@ async def drive_run(client: TargetClient, spec: RunSpec, history: HistoryWriter,
             requires_cross_user_hits=spec.requires_cross_user_hits,
         )
     )
-    await _Run(client, spec, history, opts or DriverOptions()).drive()
+    with _fewer_collections():
+        await _Run(client, spec, history, opts or DriverOptions()).drive()
+
+
+@contextmanager
+def _fewer_collections(gen0: int = 50_000) -> Iterator[None]:
+    """Run the cyclic garbage collector less often while driving. Each request allocates
+    thousands of short-lived objects (freed by reference counting), so at Python's default
+    threshold the collector runs every few requests and walks the ever longer history: about a
+    tenth of the driver's CPU per request (bench/README.md). Restored when the last of any
+    concurrent runs ends."""
+    global _gc_depth, _gc_saved
+    if _gc_depth == 0:
+        _gc_saved = gc.get_threshold()
+        gc.set_threshold(max(_gc_saved[0], gen0), *_gc_saved[1:])
+    _gc_depth += 1
+    try:
+        yield
+    finally:
+        _gc_depth -= 1
+        if _gc_depth == 0:
+            gc.set_threshold(*_gc_saved)
+
+
+_gc_depth = 0
+_gc_saved: tuple[int, ...] = gc.get_threshold()

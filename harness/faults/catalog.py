@@ -8,6 +8,12 @@ float noise far below any near-tie tolerance) and must never make a check FAIL.
 
 Only the data lives here; the mechanics live in the proxy. Tunables that the proxy reads are
 module constants so that tests and documentation quote the same numbers.
+
+A fault can only be shown on a target that offers what its detection observes: `FaultSpec.needs`
+names those target capabilities (keys of `NEEDS`), and `CHECK_NEEDS` names what each check needs
+before it can PASS. `harness selftest` reads both against the target's capability probe: a fault
+whose needs the target lacks is not applicable there (n/a), and a benign control may end UNKNOWN
+only in checks whose needs the target lacks.
 """
 
 from __future__ import annotations
@@ -37,6 +43,33 @@ REORDER_WINDOW_S = 0.1
 HISTORY_SIZE = 512
 """How many earlier prompts / responses the stateful faults remember."""
 
+# --- target capabilities that detection rests on -------------------------------------------------
+NEEDS: dict[str, str] = {
+    "token-ids": "output token ids (sent by the server, or recovered with its own tokenizer)",
+    "top-logprobs": "at least 2 top logprobs per output position",
+    "cached-tokens": "per-request cached-token counts",
+    "salt": "a cache salt that verifiably separates cache domains",
+    "cold-reference": "a cache-free reference (a working cache salt or cache reset)",
+    "prefix-metrics": "prefix-cache counters on /metrics",
+}
+"""The capabilities a fault or check may need, each derived from the capability probe
+(`harness.commands.selftest.offered`)."""
+
+CHECK_NEEDS: dict[str, tuple[str, ...]] = {
+    "counterfactual-isolation": ("token-ids",),
+    "cache-transparency": ("token-ids", "cold-reference"),
+    "canary": (),
+    "exercised": ("cached-tokens",),
+    "cache-accounting": ("cached-tokens",),
+    "server-counters": ("prefix-metrics", "cached-tokens"),
+    "availability": (),
+    "requests": (),
+    "timing-side-channel": ("salt",),
+    "cached-tokens-side-channel": ("salt",),
+}
+"""What each check needs from the target before it can PASS. A check missing here needs nothing:
+an UNKNOWN from it is never excused by the target's capabilities (fail closed)."""
+
 
 @dataclass(frozen=True)
 class FaultSpec:
@@ -50,6 +83,10 @@ class FaultSpec:
     """The class of real serving bug (or healthy behaviour, for benign entries) it stands for."""
     detected_by: str
     """Which harness property should catch it (or 'nothing: must PASS' for benign entries)."""
+    detectors: tuple[str, ...] = ()
+    """The checks expected to FAIL on it (named in the selftest's reasons)."""
+    needs: tuple[str, ...] = ()
+    """Target capabilities (keys of NEEDS) without which no check can observe it."""
 
     @property
     def description(self) -> str:
@@ -68,6 +105,8 @@ CATALOG: dict[str, FaultSpec] = {
             "request/response mix-ups under batching: output buffers or detokenizer state indexed by batch slot "
             "after the batch was reordered, responses routed to the wrong connection by a gateway.",
             "counterfactual isolation (a user's tokens change with another user's prompt)",
+            ("counterfactual-isolation", "cache-transparency", "canary"),
+            ("token-ids",),
         ),
         FaultSpec(
             "bleed",
@@ -77,6 +116,8 @@ CATALOG: dict[str, FaultSpec] = {
             "KV-cache bleed across tenants: a block hash that omits an input (adapter, salt, image bytes) or "
             "collides, so the tail blocks of another tenant's prompt are reused as if they were this one's.",
             "counterfactual isolation; cache transparency",
+            ("counterfactual-isolation", "cache-transparency"),
+            ("token-ids",),
         ),
         FaultSpec(
             "inject-context",
@@ -85,6 +126,8 @@ CATALOG: dict[str, FaultSpec] = {
             "a stale or shared block table: a request reads KV blocks still mapped to another request's "
             "sequence, so that request's whole context leaks into this one's attention.",
             "counterfactual isolation; cache transparency",
+            ("counterfactual-isolation", "cache-transparency", "canary"),
+            ("token-ids",),
         ),
         FaultSpec(
             "stale",
@@ -94,16 +137,22 @@ CATALOG: dict[str, FaultSpec] = {
             "a response or prefix cache keyed on too little (a truncated prompt, a hash of the first blocks "
             "only), serving one request's result for another.",
             "cache transparency; counterfactual isolation",
+            ("cache-transparency", "counterfactual-isolation"),
+            ("token-ids",),
         ),
         FaultSpec(
             "flip",
             "fault",
             f"Changes one output token at a position whose top-1 vs top-2 margin exceeds {FLIP_MIN_MARGIN:g} nats "
-            "to a word token outside that position's top logprobs, consistently in token_ids, logprobs and text; "
-            "later tokens are left as they were. Needs at least 2 top logprobs per position.",
+            "to a word token outside that position's top logprobs, consistently in token_ids, logprobs and text "
+            "(on a server that keys logprobs by token text, such as llama.cpp: a word the server's tokenizer "
+            "calls one token, edited into the text, tokens, top logprobs and shifted text offsets); later tokens "
+            "are left as they were. Needs at least 2 top logprobs per position.",
             "cached and cold paths that compute different answers (a wrong KV block, a kernel reading a stale "
             "slot), surfacing as one confidently wrong token that no float drift explains.",
             "cache transparency (a non-near-tie divergence)",
+            ("cache-transparency",),
+            ("token-ids", "top-logprobs"),
         ),
         FaultSpec(
             "salt-drop",
@@ -112,6 +161,8 @@ CATALOG: dict[str, FaultSpec] = {
             "a salt ignored by one layer of the stack (router, gateway, an API version that drops the field), "
             "so salted tenants share cache blocks.",
             "no observation across salts (cached-token counts)",
+            ("cache-accounting", "cached-tokens-side-channel", "timing-side-channel"),
+            ("cached-tokens", "salt"),
         ),
         FaultSpec(
             "salt-merge",
@@ -120,6 +171,8 @@ CATALOG: dict[str, FaultSpec] = {
             "a salt derived from the wrong identity (a shared org or API-key id instead of the tenant), so "
             "different tenants hash into one cache domain.",
             "no observation across salts (cached-token counts)",
+            ("cache-accounting", "cached-tokens-side-channel", "timing-side-channel"),
+            ("cached-tokens", "salt"),
         ),
         FaultSpec(
             "phantom-hit",
@@ -130,6 +183,8 @@ CATALOG: dict[str, FaultSpec] = {
             "broken cache accounting: hits counted against the wrong request or a hash collision reported as "
             "a hit; a count that nothing in the cache domain explains.",
             "cache accounting (a hit nothing explains)",
+            ("cache-accounting",),
+            ("cached-tokens",),
         ),
         FaultSpec(
             "noise",

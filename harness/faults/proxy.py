@@ -238,6 +238,9 @@ class _Tokens:
     Completions keep a token in `token_ids[j]`, `logprobs.tokens[j]` ("token_id:N"),
     `logprobs.token_logprobs[j]` and `logprobs.top_logprobs[j]` ({"token_id:N": lp}); chat in
     `token_ids[j]` and `logprobs.content[j]` ({token, logprob, bytes, top_logprobs: [...]}).
+    A server that names tokens by their text (llama.cpp; vLLM without
+    `return_tokens_as_token_ids`) uses the same places with the token's text as the key and no
+    `token_ids`: `by_text()` says so, and `key` / `top_keys` / `set_key` read and edit it.
     """
 
     def __init__(self, payloads: list[dict[str, Any]], endpoint: str) -> None:
@@ -290,12 +293,54 @@ class _Tokens:
         entries = content[s.j].get("top_logprobs") or [] if s.j < len(content) else []
         return {t: float(e["logprob"]) for e in entries if (t := _token_id(e.get("token"))) is not None}
 
+    def key(self, k: int) -> str | None:
+        """How the response names output token k in its logprobs ("token_id:N" or the token's text)."""
+        s = self.slots[k]
+        lp = self._lp(s.choice)
+        if self.endpoint == "completions":
+            toks = lp.get("tokens") or []
+            key = toks[s.j] if s.j < len(toks) else None
+        else:
+            content = lp.get("content") or []
+            entry = content[s.j] if s.j < len(content) else None
+            key = entry.get("token") if isinstance(entry, dict) else None
+        return key if isinstance(key, str) else None
+
+    def keys(self) -> list[str | None]:
+        return [self.key(k) for k in range(len(self.slots))]
+
+    def top_keys(self, k: int) -> dict[str, float]:
+        """Position k's top logprobs as the response keys them."""
+        s = self.slots[k]
+        lp = self._lp(s.choice)
+        if self.endpoint == "completions":
+            tops = lp.get("top_logprobs") or []
+            top = tops[s.j] if s.j < len(tops) and isinstance(tops[s.j], dict) else {}
+            return {key: float(v) for key, v in top.items() if isinstance(key, str) and _finite(v)}
+        content = lp.get("content") or []
+        entries = content[s.j].get("top_logprobs") or [] if s.j < len(content) else []
+        return {e["token"]: float(e["logprob"]) for e in entries
+                if isinstance(e, dict) and isinstance(e.get("token"), str) and _finite(e.get("logprob"))}
+
+    def by_text(self) -> bool:
+        """Every output token is named by its text only: no `token_ids`, no "token_id:N" keys."""
+        if not self.slots or any(isinstance(c.get("token_ids"), list) for c in self.choices):
+            return False
+        return all(key is not None and _token_id(key) is None for key in self.keys())
+
     def set_token(self, k: int, new_id: int, logprob: float) -> None:
         """Replace token k everywhere it is named, adding it to that position's top logprobs."""
+        self.set_key(k, f"token_id:{new_id}", logprob, new_id)
+
+    def set_key(self, k: int, key: str, logprob: float, new_id: int | None = None) -> None:
+        """Name token k `key` (and id `new_id` where the response lists ids) with logprob `logprob`,
+        in the tokens list, token_logprobs and top logprobs; later text offsets move by the change
+        in length. A text key is the token's text, so it also sets the chat entry's bytes where the
+        server sends them (llama.cpp sends null)."""
         s = self.slots[k]
-        key = f"token_id:{new_id}"
+        by_text = new_id is None
         ids = s.choice.get("token_ids")
-        if isinstance(ids, list) and s.j < len(ids):
+        if new_id is not None and isinstance(ids, list) and s.j < len(ids):
             ids[s.j] = new_id
         lp = self._lp(s.choice)
         if self.endpoint == "completions":
@@ -315,13 +360,18 @@ class _Tokens:
                 entry = content[s.j]
                 entry["token"] = key
                 entry["logprob"] = logprob
+                as_bytes = list(key.encode())
+                if by_text:
+                    as_bytes = as_bytes if isinstance(entry.get("bytes"), list) else entry.get("bytes")
+                    entry["bytes"] = as_bytes
                 tops = entry.get("top_logprobs")
                 if isinstance(tops, list):
-                    tops.append({"token": key, "logprob": logprob, "bytes": list(key.encode())})
+                    tops.append({"token": key, "logprob": logprob, "bytes": as_bytes})
 
     def _shift_offsets(self, k: int, delta: int) -> None:
-        """vLLM counts completions `text_offset` in lengths of the token strings ("token_id:N"), so a
-        token of another length moves every later offset; mirror that quirk."""
+        """Completions `text_offset` counts characters of the token strings (vLLM: of "token_id:N";
+        llama.cpp: of the text, from the start of the prompt), so a token of another length moves
+        every later offset."""
         if delta == 0:
             return
         for s in self.slots[k + 1:]:
@@ -695,7 +745,9 @@ class FaultProxy:
         self._swaps = _SwapPool()
         self._reorderer = _Reorderer(self._rng, catalog.REORDER_WINDOW_S)
         self._word_ids: dict[tuple[str | None, str], int | None] = {}
-        self._tokenizer_ok = True
+        self._text_ids: dict[tuple[str | None, str], int | None] = {}
+        self._missing_tools: set[str] = set()
+        """Helper endpoints (/tokenize, /extras/tokenize, ...) that answered 404: not asked again."""
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -923,15 +975,16 @@ class FaultProxy:
         return resp
 
     async def _tool(self, path: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """POST to a vLLM helper endpoint (/tokenize, /detokenize); None when unavailable."""
+        """POST to a tokenizer helper endpoint (vLLM: /tokenize, /detokenize; llama.cpp:
+        /extras/tokenize); None when unavailable (a 404 marks the path missing for good)."""
         assert self._session is not None
-        if not self._tokenizer_ok:
+        if path in self._missing_tools:
             return None
         try:
             async with self._session.post(self.target_url + path, json=payload,
                                           timeout=aiohttp.ClientTimeout(total=min(10.0, self.timeout_s))) as r:
                 if r.status == 404:
-                    self._tokenizer_ok = False
+                    self._missing_tools.add(path)
                 if r.status != 200:
                     return None
                 out = await r.json(content_type=None)
@@ -954,6 +1007,25 @@ class FaultProxy:
             toks = out.get("tokens") if out else None
             self._word_ids[key] = int(toks[0]) if isinstance(toks, list) and len(toks) == 1 else None
         return self._word_ids[key]
+
+    async def _text_token(self, model: str | None, text: str) -> int | None:
+        """The id of `text` if the target tokenizes it as exactly one token (llama.cpp's
+        /extras/tokenize, else vLLM's /tokenize); None if it is not one token or no tokenizer answers.
+        The harness client recovers ids on text-keyed servers the same way, so a replacement that
+        passes here maps back to one id there."""
+        key = (model, text)
+        if key not in self._text_ids:
+            out = await self._tool("/extras/tokenize", {"model": model, "input": text})
+            if out is None and "/extras/tokenize" in self._missing_tools:
+                out = await self._tool("/tokenize", {"model": model, "prompt": text, "add_special_tokens": False})
+            toks = out.get("tokens") if out else None
+            one = isinstance(toks, list) and len(toks) == 1 and isinstance(toks[0], int)
+            self._text_ids[key] = int(toks[0]) if one else None
+        return self._text_ids[key]
+
+    def _tokenizer_missing(self) -> bool:
+        """No tokenizer endpoint is left to ask."""
+        return {"/extras/tokenize", "/tokenize"} <= self._missing_tools
 
     # --- the handler ---------------------------------------------------------------------------------
 
@@ -1065,6 +1137,9 @@ class FaultProxy:
         """Change one confidently chosen output token to a word token outside its top logprobs."""
         assert cap.payloads is not None and call.endpoint is not None
         toks = _Tokens(cap.payloads, call.endpoint)
+        if toks.by_text():
+            await self._flip_by_text(call, cap, toks)
+            return
         ids = toks.ids()
         candidates: list[tuple[int, float, dict[int, float]]] = []
         for k, tid in enumerate(ids):
@@ -1088,6 +1163,58 @@ class FaultProxy:
         self._record(call, f"output position {k}: token {old_ids[k]} -> {new_id} "
                            f"(top-1 margin {margin:.2f} nats; new token not in top logprobs){note}")
 
+    async def _flip_by_text(self, call: _Call, cap: _Captured, toks: _Tokens) -> None:
+        """`flip` on a server that names tokens by text (llama.cpp): the same choice of position, with
+        the replacement a pool word that the target's tokenizer calls one token, edited into the
+        text, the tokens list, top logprobs, token logprobs and (shifted) text offsets alike."""
+        keys = toks.keys()
+        candidates: list[tuple[int, float, dict[str, float]]] = []
+        for k, key in enumerate(keys):
+            top = toks.top_keys(k)
+            if key is None or len(top) < 2:
+                continue
+            ranked = sorted(top.items(), key=lambda kv: -kv[1])
+            margin = ranked[0][1] - ranked[1][1]
+            if ranked[0][0] == key and margin > catalog.FLIP_MIN_MARGIN:
+                candidates.append((k, margin, top))
+        if not candidates or None in keys or not self._draw():
+            return
+        k, margin, top = self._rng.choice(candidates)
+        texts: list[str] = [t for t in keys if t is not None]
+        old = texts[k]
+        seen = [t for j in range(len(texts)) if j != k for t in toks.top_keys(j)]
+        found = await self._replacement_text(call.model, set(top) | {old}, seen)
+        if found is None:
+            return
+        new, how = found
+        offset = len("".join(texts[:k]))
+        if toks.text() != "".join(texts) or not toks.replace_text(offset, old, new):
+            return  # the text does not spell out the tokens: an edit could not stay consistent
+        toks.set_key(k, new, min(top.values()) - 1.0)
+        cap.modified = True
+        self._record(call, f"output position {k}: token {old!r} -> {new!r} "
+                           f"(top-1 margin {margin:.2f} nats; new token not in top logprobs; {how})")
+
+    async def _replacement_text(self, model: str | None, exclude: set[str],
+                                fallback: list[str]) -> tuple[str, str] | None:
+        """A ' word' from the pool that the target tokenizes as one token and that is not in
+        `exclude`, with how it was verified; without a tokenizer endpoint, a token text the server
+        itself produced elsewhere in this response (a token by construction)."""
+        from harness.scenario.words import word_pool
+
+        pool = word_pool()
+        for _ in range(8):
+            text = f" {self._rng.choice(pool)}"
+            if text in exclude:
+                continue
+            tid = await self._text_token(model, text)
+            if tid is not None:
+                return text, f"one token on the target: id {tid}"
+            if self._tokenizer_missing():
+                break
+        rest = sorted({t for t in fallback if t not in exclude})
+        return (self._rng.choice(rest), "a token the server produced elsewhere in this response") if rest else None
+
     async def _replacement(self, model: str | None, exclude: set[int], fallback: list[int]) -> int | None:
         """A pool-word token id not in `exclude` (else a prompt token id not in it)."""
         from harness.scenario.words import word_pool
@@ -1097,7 +1224,7 @@ class FaultProxy:
             tid = await self._word_token(model, self._rng.choice(pool))
             if tid is not None and tid not in exclude:
                 return tid
-            if not self._tokenizer_ok:
+            if "/tokenize" in self._missing_tools:
                 break
         rest = sorted({t for t in fallback if t not in exclude})
         return self._rng.choice(rest) if rest else None

@@ -7,10 +7,13 @@ invoke/complete times and everything the client returned). Every check reads onl
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, BinaryIO, Iterable
+
+from harness import fastjson
+from harness.fastjson import all_finite
 
 from harness.target.client import GenerationResult
 
@@ -68,9 +71,9 @@ class Operation:
 
     @classmethod
     def from_result(cls, result: GenerationResult, **meta: Any) -> "Operation":
-        own = {f.name for f in fields(cls)}
-        values = {k: v for k, v in asdict(result).items() if k in own}
-        return cls(**meta, **values)
+        # Shallow: the result's lists become the operation's (asdict deep-copies every token and
+        # logprob, which cost more CPU per request than the HTTP client).
+        return cls(**meta, **{k: getattr(result, k) for k in _shared_fields(cls, type(result))})
 
 
 @dataclass
@@ -87,15 +90,28 @@ class MetricsSnapshot:
 Record = RunInfo | Operation | MetricsSnapshot
 
 
-def _to_json(rec: Record) -> str:
-    d = asdict(rec)
-    if isinstance(rec, Operation):
-        d["top_logprobs"] = [{str(k): v for k, v in top.items()} for top in rec.top_logprobs]
-    return json.dumps(d, separators=(",", ":"), allow_nan=True)
+@lru_cache(maxsize=None)
+def _shared_fields(cls: type, other: type) -> tuple[str, ...]:
+    own = {f.name for f in fields(cls)}
+    return tuple(f.name for f in fields(other) if f.name in own)
 
 
-def _from_json(line: str) -> Record:
-    d = json.loads(line)
+@lru_cache(maxsize=None)
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _to_json(rec: Record) -> bytes:
+    # Dataclasses are serialised field by field in orjson itself (no intermediate dict); a record
+    # holding a NaN or infinite logprob goes through the standard library, which keeps them.
+    if isinstance(rec, Operation) and not (
+            all_finite(rec.token_logprobs) and all(all_finite(top.values()) for top in rec.top_logprobs)):
+        return fastjson.dumps({k: getattr(rec, k) for k in _field_names(type(rec))}, finite=False)
+    return fastjson.dumps(rec)
+
+
+def _from_json(line: str | bytes) -> Record:
+    d = fastjson.loads(line)
     if d.get("kind") == "run":
         return RunInfo(**d)
     if d.get("kind") == "metrics":
@@ -110,12 +126,12 @@ class HistoryWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: TextIO = open(self.path, "a", encoding="utf-8")
+        self._fh: BinaryIO = open(self.path, "ab")
         self.records: list[Record] = []
 
     def append(self, rec: Record) -> None:
         self.records.append(rec)
-        self._fh.write(_to_json(rec) + "\n")
+        self._fh.write(_to_json(rec) + b"\n")
         self._fh.flush()
 
     def close(self) -> None:
@@ -129,36 +145,67 @@ class HistoryWriter:
 
 
 def read_history(path: Path) -> list[Record]:
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         return [_from_json(line) for line in fh if line.strip()]
+
+
+class _Index:
+    """One pass over the records: by kind, and operations and run infos by (scenario, run)."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.key = (id(records), len(records))
+        self.runs: list[RunInfo] = []
+        self.metrics: list[MetricsSnapshot] = []
+        self.ops: list[Operation] = []
+        self.ops_by_run: dict[tuple[str, str], list[Operation]] = {}
+        self.info_by_run: dict[tuple[str, str], RunInfo] = {}
+        for r in records:
+            if isinstance(r, Operation):
+                self.ops.append(r)
+                self.ops_by_run.setdefault((r.scenario, r.run), []).append(r)
+            elif isinstance(r, RunInfo):
+                self.runs.append(r)
+                self.info_by_run.setdefault((r.scenario, r.run), r)
+            elif isinstance(r, MetricsSnapshot):
+                self.metrics.append(r)
+        self.scenarios = list(dict.fromkeys(r.scenario for r in self.runs))
 
 
 @dataclass
 class History:
-    """Read-side view of a history: run infos and operations, indexed for the checks."""
+    """Read-side view of a history: run infos and operations, indexed for the checks.
+
+    The index is built in one pass (again if records are appended), so `ops_of` and `run_info`
+    cost what they return, not a scan of the whole history: the checks stay linear in its size."""
 
     records: list[Record]
 
+    def _index(self) -> _Index:
+        idx: _Index | None = self.__dict__.get("_idx")
+        if idx is None or idx.key != (id(self.records), len(self.records)):
+            idx = self.__dict__["_idx"] = _Index(self.records)
+        return idx
+
     @property
     def runs(self) -> list[RunInfo]:
-        return [r for r in self.records if isinstance(r, RunInfo)]
+        return list(self._index().runs)
 
     @property
     def metrics(self) -> list[MetricsSnapshot]:
-        return [r for r in self.records if isinstance(r, MetricsSnapshot)]
+        return list(self._index().metrics)
 
     @property
     def ops(self) -> list[Operation]:
-        return [r for r in self.records if isinstance(r, Operation)]
+        return list(self._index().ops)
 
     def run_info(self, scenario: str, run: str) -> RunInfo | None:
-        return next((r for r in self.runs if r.scenario == scenario and r.run == run), None)
+        return self._index().info_by_run.get((scenario, run))
 
     def ops_of(self, scenario: str, run: str) -> list[Operation]:
-        return [o for o in self.ops if o.scenario == scenario and o.run == run]
+        return list(self._index().ops_by_run.get((scenario, run), ()))
 
     def scenarios(self) -> list[str]:
-        return list(dict.fromkeys(r.scenario for r in self.runs))
+        return list(self._index().scenarios)
 
     @staticmethod
     def conversations(ops: Iterable[Operation]) -> dict[str, list[Operation]]:

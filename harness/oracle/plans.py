@@ -4,7 +4,8 @@
   shared prefixes and the schedule stay the same; two re-runs, each holding half of the users
   fixed, cover everyone.
 - Solo replay: each conversation alone with no cache reuse (fresh salt per request where the
-  target honours salts, else a cache reset before each request, else stated as possibly warm).
+  target honours salts, else a cache reset before each request, else a fresh server process
+  before each request where the harness launched the server, else stated as possibly warm).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def plan_runs(scenario: Scenario, nonce: str, models: dict[str, str], solo_isola
                                 note=f"held fixed: {', '.join(fixed)}"))
     if solo:
         note = {"salt": "fresh cache salt per request", "reset": "prefix-cache reset before each request",
+                "restart": "fresh server process before each request (the harness launched the target)",
                 "warm": "target offers no salt or reset: the reference may have run warm"}.get(solo_isolation, "")
         runs.append(RunSpec("solo", scenario, plan_scenario(scenario, nonce), nonce, models, salts,
                             isolation=solo_isolation, note=note))

@@ -565,11 +565,13 @@ def render_selftest_html(report_dir: Path) -> str:
     rows = []
     for name, r in faults.items():
         detected = bool(r.get("detected_by"))
-        good = detected if r.get("kind") == "fault" else (not detected and r.get("verdict") == "pass")
+        good = r.get("good")  # written by the selftest (capability-aware); older files: judged here
+        if good is None:
+            good = detected if r.get("kind") == "fault" else (not detected and r.get("verdict") == "pass")
         rows.append({"name": name, "kind": r.get("kind", ""), "verdict": r.get("verdict", "unknown"), "good": good,
                      "cells": [r.get("checks", {}).get(c, "") for c in checks], "injections": r.get("injections"),
                      "to_detect": r.get("requests_to_detection"), "requests": r.get("requests"),
-                     "error": r.get("error") or "", "about": about.get(name, ""),
+                     "error": r.get("error") or "", "about": about.get(name, ""), "reason": r.get("reason") or "",
                      "link": f"{name}/report.html" if (report_dir / name / "report.html").is_file() else ""})
     return _env().get_template("selftest.html.j2").render(ok=bool(data.get("ok")), checks=checks, rows=rows)
 

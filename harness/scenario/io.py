@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -72,7 +73,7 @@ def load_scenarios(paths: list[Path]) -> list[tuple[Path, Scenario]]:
         raise ScenarioError(f"no scenario files found in {', '.join(map(str, paths))}")
     loaded = [(f, load_scenario(f)) for f in files]
     names = [s.name for _, s in loaded]
-    dup = {n for n in names if names.count(n) > 1}
+    dup = {n for n, k in Counter(names).items() if k > 1}
     if dup:
         raise ScenarioError(f"scenario names must be unique; repeated: {sorted(dup)}")
     return loaded

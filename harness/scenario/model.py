@@ -6,6 +6,7 @@ default), and cross-references (a user's tenant, a shared prefix's name) are val
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -121,7 +122,7 @@ class Scenario(_Strict):
         users = [u.name for u in self.users]
         prefixes = [p.name for p in self.shared_prefixes]
         for kind, names in (("tenant", tenants), ("user", users), ("shared prefix", prefixes)):
-            dup = {n for n in names if names.count(n) > 1}
+            dup = {n for n, k in Counter(names).items() if k > 1}
             if dup:
                 raise ValueError(f"duplicate {kind} name(s): {sorted(dup)}")
         for u in self.users:

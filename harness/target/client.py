@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-from httpx_sse import aconnect_sse
+from httpx_sse._decoders import SSEDecoder
+
+from harness import fastjson
 
 Endpoint = Literal["completions", "chat"]
 _TOKEN_ID_RE = re.compile(r"^token_id:(-?\d+)$")
+_NAN = float("nan")
 
 
 @dataclass
@@ -108,8 +111,37 @@ class GenerationResult:
 
 
 def _token_id(token: str) -> int | None:
+    if token[:9] != "token_id:":  # the common miss, without a regex
+        return None
     m = _TOKEN_ID_RE.match(token)
     return int(m.group(1)) if m else None
+
+
+def _by_id(top: dict[str, Any]) -> dict[int, float]:
+    """Top logprobs keyed `token_id:N` as {N: logprob}; other keys are left out."""
+    try:  # the common case: every key is `token_id:N`
+        return {int(key[9:]): float(lp) for key, lp in top.items() if key[:9] == "token_id:"}
+    except ValueError:
+        return {tid: float(lp) for key, lp in top.items() if (tid := _token_id(key)) is not None}
+
+
+class _SSELines:
+    """Splits a byte stream into SSE lines (ended by CRLF, LF or CR), each decoded as UTF-8.
+    A chunk may end mid-line or between the CR and LF of one line ending: both are carried over."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        lines = (self._rest + chunk).splitlines(keepends=True)
+        self._rest = b""
+        if lines and (lines[-1].endswith(b"\r") or not lines[-1].endswith(b"\n")):
+            self._rest = lines.pop()  # unfinished, or a CR whose LF may be in the next chunk
+        return [line.rstrip(b"\r\n").decode("utf-8", errors="replace") for line in lines]
+
+    def close(self) -> list[str]:
+        rest, self._rest = self._rest, b""
+        return [line.decode("utf-8", errors="replace") for line in rest.splitlines()]
 
 
 class _Accumulator:
@@ -119,14 +151,17 @@ class _Accumulator:
         self.endpoint = endpoint
         self.result = GenerationResult(ok=True)
         self._ids_from_logprobs: list[int] = []
-        self._ids_from_field: list[int] | None = None
+        self._ids_from_field: list[int] = []
+        self._ids_field_seen = False  # the server sent a token_ids field (possibly empty)
         self.token_texts: list[str] = []  # generated tokens given only as text (no token_id: keys)
         self.top_texts: list[dict[str, float]] = []  # their top logprobs, keyed by text
+        self._text: list[str] = []  # output text pieces, joined once at the end
 
     def add(self, payload: dict[str, Any]) -> None:
         r = self.result
-        if isinstance(payload.get("model"), str):
-            r.served_model = payload["model"]
+        model = payload.get("model")
+        if model.__class__ is str:
+            r.served_model = model
         if payload.get("prompt_token_ids") is not None:
             r.prompt_token_ids = list(payload["prompt_token_ids"])
         usage = payload.get("usage")
@@ -135,37 +170,41 @@ class _Accumulator:
             details = usage.get("prompt_tokens_details") or {}
             if details.get("cached_tokens") is not None:
                 r.cached_tokens = int(details["cached_tokens"])
-        for choice in payload.get("choices") or []:
+        chat = self.endpoint != "completions"
+        for choice in payload.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            if self.endpoint == "completions":
-                r.output_text += choice.get("text") or ""
-            else:
-                part = choice.get("message") or choice.get("delta") or {}
-                r.output_text += part.get("content") or ""
+            text = choice.get("text") if not chat else (choice.get("message") or choice.get("delta") or {}).get("content")
+            if text:
+                self._text.append(text)
             if choice.get("prompt_token_ids") is not None:
                 r.prompt_token_ids = list(choice["prompt_token_ids"])
-            if choice.get("token_ids") is not None:
-                self._ids_from_field = (self._ids_from_field or []) + list(choice["token_ids"])
-            self._add_logprobs(choice.get("logprobs"))
-            if choice.get("finish_reason"):
-                r.finish_reason = choice["finish_reason"]
+            ids = choice.get("token_ids")
+            if ids is not None:
+                self._ids_from_field.extend(ids)
+                self._ids_field_seen = True
+            lp = choice.get("logprobs")
+            if lp:
+                self._add_logprobs(lp)
+            finish = choice.get("finish_reason")
+            if finish:
+                r.finish_reason = finish
 
-    def _add_logprobs(self, lp: dict[str, Any] | None) -> None:
-        if not lp:
-            return
+    def _add_logprobs(self, lp: dict[str, Any]) -> None:
         r = self.result
         if self.endpoint == "completions":
-            tokens = lp.get("tokens") or []
+            tokens = lp.get("tokens") or ()
+            logprobs = lp.get("token_logprobs") or ()
+            tops = lp.get("top_logprobs") or ()
+            n_values, n_tops = len(logprobs), len(tops)
             for i, tok in enumerate(tokens):
-                tid = _token_id(tok)
+                tid = _token_id(tok) if isinstance(tok, str) else None
                 if tid is not None:
                     self._ids_from_logprobs.append(tid)
-                logprobs = lp.get("token_logprobs") or []
-                r.token_logprobs.append(float(logprobs[i]) if i < len(logprobs) and logprobs[i] is not None else float("nan"))
-                tops = (lp.get("top_logprobs") or [])
-                top = tops[i] if i < len(tops) and tops[i] else {}
-                r.top_logprobs.append({t: float(v) for k, v in top.items() if (t := _token_id(k)) is not None})
+                value = logprobs[i] if i < n_values else None
+                r.token_logprobs.append(float(value) if value is not None else _NAN)
+                top = (tops[i] if i < n_tops else None) or {}
+                r.top_logprobs.append(_by_id(top))
                 if tid is None and isinstance(tok, str):
                     self.token_texts.append(tok)
                     self.top_texts.append({k: float(v) for k, v in top.items() if v is not None})
@@ -185,7 +224,8 @@ class _Accumulator:
 
     def finish(self) -> GenerationResult:
         r = self.result
-        r.output_token_ids = self._ids_from_field if self._ids_from_field is not None else self._ids_from_logprobs
+        r.output_text = "".join(self._text)
+        r.output_token_ids = self._ids_from_field if self._ids_field_seen else self._ids_from_logprobs
         if r.output_token_ids:
             r.token_ids_source = "server"
         return r
@@ -263,6 +303,31 @@ def default_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
         return None
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client without cookie handling: simulated users of an API keep no session, and
+    httpx reads every response's cookies through urllib at more CPU than parsing the response.
+    (One jar shared by every simulated user would also link users that the scenario keeps apart.)"""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, value: Any) -> None:
+        if value:
+            raise ValueError("TargetClient keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()
+
+
 class TargetClient:
     """An httpx-based async client for one OpenAI-compatible base URL."""
 
@@ -277,6 +342,7 @@ class TargetClient:
         keepalive: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # keepalive=False gives every request its own connection, so a server that drops a
         # connection after an error cannot make the *next* request fail in its place.
@@ -284,7 +350,7 @@ class TargetClient:
                               max_keepalive_connections=max_connections if keepalive else 0)
         self._text_ids: dict[str, int | None] = {}  # token text -> id, via /extras/tokenize
         self._tokenize_endpoint: bool | None = None  # None: not tried yet
-        self._http = httpx.AsyncClient(
+        self._http = _Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=headers,
@@ -293,6 +359,12 @@ class TargetClient:
             # aiohttp's pool does not, and hostile traffic is no throughput path.
             transport=transport if transport is not None else (default_transport(limits) if keepalive else None),
         )
+
+        self._urls: dict[str, httpx.URL] = {}
+        defaults = dict(self._http.headers)
+        self._json_headers = {**defaults, "Content-Type": "application/json"}  # bodies: fastjson
+        self._sse_headers = {**self._json_headers, "Accept": "text/event-stream"}
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
 
     async def __aenter__(self) -> "TargetClient":
         return self
@@ -303,19 +375,39 @@ class TargetClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def _url(self, path: str) -> httpx.URL:
+        """An absolute URL, parsed once per path (httpx would parse and merge it per request)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.base_url + path)
+        return url
+
+    def _request(self, req: GenerationRequest, sse: bool) -> httpx.Request:
+        """The wire request, built from headers merged once per client: httpx's `build_request`
+        re-parses the URL and re-merges every default header per call, at more CPU than the
+        rest of a request's own work. The client's defaults and timeout apply as usual."""
+        base = self._sse_headers if sse else self._json_headers
+        return httpx.Request("POST", self._url(req.path), content=fastjson.dumps(req.body()),
+                             headers={**base, **req.headers} if req.headers else base,
+                             extensions=self._extensions)
+
     async def generate(self, req: GenerationRequest) -> GenerationResult:
         """Send one request; every failure comes back as a result with ok=False."""
         acc = _Accumulator(req.endpoint)
         start = time.perf_counter()
         try:
-            if req.stream:
-                await self._generate_stream(req, acc, start)
-            else:
-                resp = await self._http.post(req.path, json=req.body(), headers=req.headers)
+            resp = await self._http.send(self._request(req, req.stream), stream=True)
+            try:
                 acc.result.status = resp.status_code
                 if resp.status_code != 200:
-                    return _failed(resp.status_code, resp.text, start)
-                acc.add(resp.json())
+                    body = (await resp.aread()).decode(errors="replace")
+                    return _failed(resp.status_code, body, start)
+                if req.stream:
+                    await self._read_stream(resp, acc, start)
+                else:
+                    acc.add(fastjson.loads(await resp.aread()))
+            finally:
+                await resp.aclose()
         except (httpx.HTTPError, json.JSONDecodeError, ValueError) as exc:
             return _failed(acc.result.status, f"{type(exc).__name__}: {exc}", start)
         result = acc.finish()
@@ -327,29 +419,39 @@ class TargetClient:
             result.error = result.error or "response carried no choice"
         return result
 
-    async def _generate_stream(self, req: GenerationRequest, acc: _Accumulator, start: float) -> None:
-        async with aconnect_sse(self._http, "POST", req.path, json=req.body(), headers=req.headers) as source:
-            resp = source.response
-            acc.result.status = resp.status_code
-            if resp.status_code != 200:
-                body = (await resp.aread()).decode(errors="replace")
-                raise httpx.HTTPStatusError(f"HTTP {resp.status_code}: {body}", request=resp.request, response=resp)
-            done = False
-            async for event in source.aiter_sse():
-                if event.data.strip() == "[DONE]":
-                    done = True
-                    break
-                payload = json.loads(event.data)
-                if "error" in payload and not payload.get("choices"):
-                    raise ValueError(f"error event in stream: {event.data[:500]}")
-                if acc.result.ttft_s is None and any(
-                    (c.get("text") or (c.get("delta") or {}).get("content") or c.get("token_ids"))
-                    for c in payload.get("choices") or []
-                ):
-                    acc.result.ttft_s = time.perf_counter() - start
-                acc.add(payload)
-            if not done:
-                raise httpx.RemoteProtocolError("stream ended without [DONE]")
+    async def _read_stream(self, resp: httpx.Response, acc: _Accumulator, start: float) -> None:
+        """Read an SSE stream: httpx-sse's event decoder over lines split from the raw bytes
+        (httpx's text and line decoders cost more CPU than the rest of the request)."""
+        decoder, splitter = SSEDecoder(), _SSELines()
+        done = False
+        async for chunk in resp.aiter_bytes():
+            done = self._on_lines(splitter.feed(chunk), decoder, acc, start)
+            if done:
+                break
+        else:
+            done = self._on_lines(splitter.close(), decoder, acc, start)
+        if not done:
+            raise httpx.RemoteProtocolError("stream ended without [DONE]")
+
+    @staticmethod
+    def _on_lines(lines: list[str], decoder: SSEDecoder, acc: _Accumulator, start: float) -> bool:
+        """Fold the events these SSE lines complete into the result; True at the stream's `[DONE]`."""
+        for line in lines:
+            event = decoder.decode(line)
+            if event is None:
+                continue
+            if event.data.strip() == "[DONE]":
+                return True
+            payload = fastjson.loads(event.data)
+            if "error" in payload and not payload.get("choices"):
+                raise ValueError(f"error event in stream: {event.data[:500]}")
+            if acc.result.ttft_s is None and any(
+                (c.get("text") or (c.get("delta") or {}).get("content") or c.get("token_ids"))
+                for c in payload.get("choices") or []
+            ):
+                acc.result.ttft_s = time.perf_counter() - start
+            acc.add(payload)
+        return False
 
     # --- token ids from text (servers that key logprobs by text) -------------------------------
 

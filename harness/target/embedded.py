@@ -77,6 +77,7 @@ class EmbeddedServer:
     pgid: int | None = field(default=None, init=False)
     base_url: str = field(default="", init=False)
     startup_s: float | None = field(default=None, init=False)
+    restarts: int = field(default=0, init=False)
 
     def command(self, model_dir: Path, port: int) -> list[str]:
         from harness.target.embedded_model import adapter_dirs
@@ -120,7 +121,7 @@ class EmbeddedServer:
     def _launch(self, cmd: list[str], env: dict[str, str]) -> str:
         """Start `cmd` in its own process group, logging to log_path, and wait for health."""
         assert self.log_path is not None and self.port is not None
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab" if self.restarts else "wb") as log:
             try:
                 self.proc = subprocess.Popen(
                     cmd,
@@ -167,6 +168,13 @@ class EmbeddedServer:
                     f"{tail(self.log_path)}"
                 )
             time.sleep(0.5)  # readiness polling of an external process, not test synchronisation
+
+    def restart(self) -> str:
+        """Stop the server and start a fresh process on the same port: its caches start empty.
+        The log is appended to, not replaced."""
+        self.stop()
+        self.restarts += 1
+        return self.start()
 
     @property
     def alive(self) -> bool:

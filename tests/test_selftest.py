@@ -1,0 +1,221 @@
+"""`harness selftest` is capability-aware and fails closed.
+
+The decision logic (`judge`, `overall_ok`, `offered`) is pure and tested on fabricated rows and
+capabilities; the command itself is driven once with the isolation run and the probe replaced by
+fakes, to pin the exit code, the table's reason column and selftest.json. Nothing here needs a
+server (the runs against real stacks are in test_faults_run.py and test_llamacpp.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main as cli_main
+from harness.commands import selftest as st
+from harness.faults.catalog import BENIGN_NAMES, CATALOG, CHECK_NEEDS, FAULT_NAMES, NEEDS
+from harness.pipeline import RunOutcome
+from harness.reports.html import render_selftest_html
+from harness.target.capabilities import Capabilities, Capability
+from harness.verdict import CheckResult, Verdict
+
+# What the probe finds on llama-cpp-python 0.3.36 (docs/llamacpp.md) and on the embedded vLLM.
+NO_COUNTS = "the target reports no cached-token counts"
+LLAMACPP_LACKS = {
+    "cached-tokens": NO_COUNTS,
+    "salt": "cache_salt separation could not be verified (cannot observe cache hits)",
+    "cold-reference": "neither a cache salt nor a cache reset could be verified",
+    "prefix-metrics": "the target exposes no prefix-cache counters on /metrics",
+}
+ALL_PASS = {c: "pass" for c in ("counterfactual-isolation", "cache-transparency", "canary", "exercised",
+                                "cache-accounting", "requests")} | {"server-counters": "n/a", "availability": "n/a"}
+# A benign run on llama.cpp: the output checks decide, the cache checks cannot.
+LLAMACPP_BENIGN = ALL_PASS | {"cache-transparency": "unknown", "exercised": "unknown", "cache-accounting": "unknown"}
+
+
+def _caps(**available: bool | None) -> Capabilities:
+    """Capabilities with everything the selftest reads verified, except as overridden."""
+    caps = Capabilities(target="http://fake")
+    for name in ("output_token_ids", "cached_tokens", "cache_salt_effective", "cache_reset", "prefix_cache_metrics"):
+        setattr(caps, name, Capability(True, True, "seen"))
+    caps.logprobs = Capability(True, 20, "20 per position")
+    for name, value in available.items():
+        setattr(caps, name, Capability(value, None, f"{name} evidence"))
+    return caps
+
+
+# --- the vocabulary ------------------------------------------------------------------------------
+
+
+def test_catalog_needs_are_known_capabilities() -> None:
+    for spec in CATALOG.values():
+        assert set(spec.needs) <= set(NEEDS), spec.name
+        assert set(spec.detectors) <= set(CHECK_NEEDS), spec.name
+        assert (spec.kind == "fault") == bool(spec.detectors), spec.name
+    for check, needs in CHECK_NEEDS.items():
+        assert set(needs) <= set(NEEDS), check
+    from harness.audit.timing import CACHED_CHECK, TIMING_CHECK
+    from harness.checks.base import REGISTRY
+    import harness.checks  # noqa: F401  (registers the checks)
+
+    assert set(REGISTRY) | {TIMING_CHECK, CACHED_CHECK} == set(CHECK_NEEDS)
+
+
+def test_offered_reads_the_probe() -> None:
+    assert all(why is None for why in st.offered(_caps()).values())
+    llama = st.offered(_caps(cached_tokens=False, cache_salt_effective=None, cache_reset=False,
+                             prefix_cache_metrics=False))
+    assert {n for n, why in llama.items() if why} == {"cached-tokens", "salt", "cold-reference", "prefix-metrics"}
+    assert llama["cached-tokens"] == NO_COUNTS
+    assert "could not be verified" in (llama["salt"] or "")
+    # a working reset is a cold reference even without a salt
+    assert st.offered(_caps(cache_salt_effective=False, cache_reset=True))["cold-reference"] is None
+    shallow = _caps()
+    shallow.logprobs = Capability(True, 1, "1 per position")
+    assert "1 top logprob" in (st.offered(shallow)["top-logprobs"] or "")
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+def test_detected_fault_is_good() -> None:
+    j = st.judge("flip", ALL_PASS | {"cache-transparency": "fail"}, "fail", LLAMACPP_LACKS)
+    assert j.good and j.applicable and j.verdict == "fail" and "cache-transparency" in j.reason
+
+
+def test_undetected_fault_without_capability_is_not_applicable() -> None:
+    j = st.judge("phantom-hit", LLAMACPP_BENIGN, "unknown", LLAMACPP_LACKS, injections=0)
+    assert j.good and not j.applicable and j.verdict == "n/a"
+    assert j.reason == (f"{NO_COUNTS}: the check that would see this (cache-accounting) can never PASS here either")
+    salt = st.judge("salt-drop", LLAMACPP_BENIGN, "unknown", LLAMACPP_LACKS, injections=22)
+    assert salt.verdict == "n/a" and NO_COUNTS in salt.reason and "cache-accounting" in salt.reason
+
+
+def test_undetected_applicable_fault_is_bad() -> None:
+    # on a target with every capability (vLLM), an undetected fault fails the selftest
+    j = st.judge("phantom-hit", ALL_PASS, "pass", {}, injections=5)
+    assert not j.good and j.applicable and j.verdict == "pass" and "not detected" in j.reason
+    # a capability the fault does not need excuses nothing: flip needs ids and 2 top logprobs only
+    j = st.judge("flip", LLAMACPP_BENIGN, "unknown", LLAMACPP_LACKS, injections=0)
+    assert not j.good and j.applicable and "never injected" in j.reason
+
+
+def test_fault_detected_despite_missing_capability_counts_as_detected() -> None:
+    j = st.judge("salt-drop", ALL_PASS | {"cache-accounting": "fail"}, "fail", LLAMACPP_LACKS)
+    assert j.good and j.applicable and j.verdict == "fail"
+
+
+# --- benign controls -----------------------------------------------------------------------------
+
+
+def test_benign_pass_is_good() -> None:
+    assert st.judge("noise", ALL_PASS, "pass", {}) == st.Judgement(True, "pass", "")
+
+
+def test_benign_unknown_only_where_capability_lacks_is_good() -> None:
+    j = st.judge("noise", LLAMACPP_BENIGN, "unknown", LLAMACPP_LACKS)
+    assert j.good and j.verdict == "unknown"
+    assert "cache-transparency (cold-reference)" in j.reason and "exercised (cached-tokens)" in j.reason
+
+
+@pytest.mark.parametrize(("checks", "lacking", "why"), [
+    # the same UNKNOWNs on a target that offers everything (vLLM): not excused
+    (LLAMACPP_BENIGN, {}, "UNKNOWN with every capability"),
+    # a check that needs nothing (requests: a request failed) is never excused
+    (LLAMACPP_BENIGN | {"requests": "unknown"}, LLAMACPP_LACKS, "requests"),
+    # a check the mapping does not know is never excused
+    (LLAMACPP_BENIGN | {"some-new-check": "unknown"}, LLAMACPP_LACKS, "some-new-check"),
+    # a lacking capability the check does not need excuses nothing
+    (ALL_PASS | {"counterfactual-isolation": "unknown"}, LLAMACPP_LACKS, "counterfactual-isolation"),
+    (ALL_PASS | {"canary": "fail"}, LLAMACPP_LACKS, "FAILed canary"),
+])
+def test_benign_fails_closed(checks: dict[str, str], lacking: dict[str, str], why: str) -> None:
+    j = st.judge("reorder", checks, "fail" if "fail" in checks.values() else "unknown", lacking)
+    assert not j.good and why in j.reason
+
+
+def test_benign_run_that_stopped_or_skipped_is_bad() -> None:
+    assert not st.judge("delay", ALL_PASS, "unknown", {}, error="server died").good
+    assert not st.judge("delay", ALL_PASS, "unknown", {}, skipped={"adapter-tenants": "no adapters"}).good
+    assert not st.judge("delay", {"server-counters": "n/a"}, "unknown", {}).good  # nothing decided
+
+
+def test_timing_audit_unknown_is_not_held_against_a_benign_control() -> None:
+    timing = {"timing-side-channel": "unknown", "cached-tokens-side-channel": "pass"}
+    assert st.judge("delay", ALL_PASS | timing, "pass", {}, audit_checks=timing).good
+    failed = ALL_PASS | timing | {"timing-side-channel": "fail"}
+    assert not st.judge("delay", failed, "pass", {}, audit_checks=timing).good
+
+
+def test_overall_ok() -> None:
+    good = st.Judgement(True, "fail", "detected")
+    na = st.Judgement(True, "n/a", "why", applicable=False)
+    bad = st.Judgement(False, "pass", "not detected")
+    assert st.overall_ok({"flip": good, "phantom-hit": na, "noise": st.Judgement(True, "pass", "")})
+    assert not st.overall_ok({"flip": bad, "phantom-hit": na})
+    assert not st.overall_ok({"phantom-hit": na, "salt-drop": na}), "nothing shown: must not pass"
+    assert st.overall_ok({"noise": st.Judgement(True, "pass", "")}), "benign only: nothing to show"
+
+
+# --- the command, with the runs faked ------------------------------------------------------------
+
+
+def _fake_run(detect: dict[str, str], benign: dict[str, str]):
+    """A stand-in for run_isolation: faults in `detect` FAIL that check; other runs get `benign`."""
+    def run(cfg, console=None):
+        cfg.report_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.report_dir / "history.jsonl").write_text("")
+        fault = cfg.report_dir.name
+        verdicts = dict(benign)
+        if fault in detect:
+            verdicts[detect[fault]] = "fail"
+        results = [CheckResult(c, Verdict(v)) for c, v in verdicts.items()]
+        overall = "fail" if "fail" in verdicts.values() else "unknown" if "unknown" in verdicts.values() else "pass"
+        report = {"checks": [{"name": c, "verdict": v, "violations": []} for c, v in verdicts.items()],
+                  "metadata": {"requests": 10}}
+        return RunOutcome(Verdict(overall), results, report, cfg.report_dir)
+    return run
+
+
+def _llamacpp_caps() -> Capabilities:
+    return _caps(cached_tokens=False, cache_salt_effective=None, cache_reset=False, prefix_cache_metrics=False)
+
+
+@pytest.mark.parametrize(("caps", "detect", "code"), [
+    # llama.cpp: the cache faults are n/a, the output faults detected, benign controls UNKNOWN for cause
+    (_llamacpp_caps, {"swap": "canary", "bleed": "counterfactual-isolation", "inject-context": "canary",
+                      "stale": "cache-transparency", "flip": "cache-transparency"}, 0),
+    # the same, but flip goes undetected: an applicable fault, so exit 1
+    (_llamacpp_caps, {"swap": "canary", "bleed": "counterfactual-isolation", "inject-context": "canary",
+                      "stale": "cache-transparency"}, 1),
+    # a target with every capability but the same UNKNOWNs: nothing excused, exit 1
+    (_caps, {f: "cache-transparency" for f in FAULT_NAMES}, 1),
+])
+def test_selftest_command(caps, detect: dict[str, str], code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    async def probe(target: str) -> Capabilities:
+        return caps()
+
+    monkeypatch.setattr(st, "_probe", probe)
+    monkeypatch.setattr(st, "run_isolation", _fake_run(detect, LLAMACPP_BENIGN))
+    rc = cli_main(["selftest", "--target", "http://127.0.0.1:9", "--report-dir", str(tmp_path), "--no-timing"])
+    assert rc == code
+    data = json.loads((tmp_path / "selftest.json").read_text())
+    assert data["ok"] is (code == 0) and set(data["faults"]) == set(FAULT_NAMES) | set(BENIGN_NAMES)
+    err = capsys.readouterr().err
+    assert "reason" in err
+    if caps is _llamacpp_caps:
+        assert set(data["not_applicable"]) == {"salt-drop", "salt-merge", "phantom-hit"}
+        assert data["capabilities"]["cached-tokens"] == {"offered": False, "why_not": NO_COUNTS,
+                                                         "what": NEEDS["cached-tokens"]}
+        phantom = data["faults"]["phantom-hit"]
+        assert phantom["verdict"] == "n/a" and "cache-accounting" in phantom["reason"] and phantom["good"]
+        assert all(data["faults"][b]["good"] for b in BENIGN_NAMES)
+        assert data["faults"]["flip"]["good"] is (code == 0)
+        assert "N/A" in err
+        page = render_selftest_html(tmp_path)
+        assert "n/a" in page and "can never PASS here either" in page
+    else:
+        assert data["not_applicable"] == {} and not any(data["faults"][b]["good"] for b in BENIGN_NAMES)
