@@ -69,6 +69,7 @@ bench: setup
 	$(PY) -m bench.bench_checks verify
 	$(PY) -m bench.bench_checks
 	$(PY) -m bench.bench_driver
+	$(PY) -m bench.bench_layers
 
 clean:
 	rm -rf $(VENV) .cache reports .pytest_cache .hypothesis build *.egg-info

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -1141,15 +1141,7 @@ class FaultProxy:
             await self._flip_by_text(call, cap, toks)
             return
         ids = toks.ids()
-        candidates: list[tuple[int, float, dict[int, float]]] = []
-        for k, tid in enumerate(ids):
-            top = toks.top(k)
-            if tid is None or len(top) < 2:
-                continue
-            ranked = sorted(top.items(), key=lambda kv: -kv[1])
-            margin = ranked[0][1] - ranked[1][1]
-            if ranked[0][0] == tid and margin > catalog.FLIP_MIN_MARGIN:
-                candidates.append((k, margin, top))
+        candidates = _confident_positions(ids, toks.top)
         if not candidates or None in ids or not self._draw():
             return
         k, margin, top = self._rng.choice(candidates)
@@ -1168,15 +1160,7 @@ class FaultProxy:
         the replacement a pool word that the target's tokenizer calls one token, edited into the
         text, the tokens list, top logprobs, token logprobs and (shifted) text offsets alike."""
         keys = toks.keys()
-        candidates: list[tuple[int, float, dict[str, float]]] = []
-        for k, key in enumerate(keys):
-            top = toks.top_keys(k)
-            if key is None or len(top) < 2:
-                continue
-            ranked = sorted(top.items(), key=lambda kv: -kv[1])
-            margin = ranked[0][1] - ranked[1][1]
-            if ranked[0][0] == key and margin > catalog.FLIP_MIN_MARGIN:
-                candidates.append((k, margin, top))
+        candidates = _confident_positions(keys, toks.top_keys)
         if not candidates or None in keys or not self._draw():
             return
         k, margin, top = self._rng.choice(candidates)
@@ -1282,6 +1266,25 @@ class FaultProxy:
         other_call, other_cap = got
         self._record(call, f"response swapped with that of op {other_call.op} (user {other_call.user})")
         return _reshape(other_cap, call.endpoint, call)
+
+
+K = TypeVar("K", int, str)
+
+
+def _confident_positions(chosen: list[K | None], top_of: Callable[[int], dict[K, float]],
+                         ) -> list[tuple[int, float, dict[K, float]]]:
+    """(position, top-1 margin, top logprobs) of each output position whose chosen token leads
+    its top logprobs by more than FLIP_MIN_MARGIN: where `flip` may act (by id or by text)."""
+    out: list[tuple[int, float, dict[K, float]]] = []
+    for k, key in enumerate(chosen):
+        top = top_of(k)
+        if key is None or len(top) < 2:
+            continue
+        ranked = sorted(top.items(), key=lambda kv: -kv[1])
+        margin = ranked[0][1] - ranked[1][1]
+        if ranked[0][0] == key and margin > catalog.FLIP_MIN_MARGIN:
+            out.append((k, margin, top))
+    return out
 
 
 def _abort(request: web.Request) -> None:

@@ -111,18 +111,23 @@ class GenerationResult:
 
 
 def _token_id(token: str) -> int | None:
+    """N for a `token_id:N` key (vLLM's return_tokens_as_token_ids), else None."""
     if token[:9] != "token_id:":  # the common miss, without a regex
         return None
+    digits = token[9:]
+    if digits.isdigit():  # the common hit, without a regex (ASCII digits only: see isascii)
+        return int(digits) if digits.isascii() else None
     m = _TOKEN_ID_RE.match(token)
     return int(m.group(1)) if m else None
 
 
 def _by_id(top: dict[str, Any]) -> dict[int, float]:
     """Top logprobs keyed `token_id:N` as {N: logprob}; other keys are left out."""
-    try:  # the common case: every key is `token_id:N`
-        return {int(key[9:]): float(lp) for key, lp in top.items() if key[:9] == "token_id:"}
-    except ValueError:
-        return {tid: float(lp) for key, lp in top.items() if (tid := _token_id(key)) is not None}
+    out = {int(d): float(lp) for key, lp in top.items()
+           if key[:9] == "token_id:" and (d := key[9:]).isdigit() and d.isascii()}
+    if len(out) < len(top):  # rare: a negative id, or keys that are not ids at all
+        out = {tid: float(lp) for key, lp in top.items() if (tid := _token_id(key)) is not None}
+    return out
 
 
 class _SSELines:
