@@ -69,3 +69,28 @@ def test_history_records_round_trip_including_nan_logprobs() -> None:
 
 def test_top_logprobs_by_id_skip_text_and_malformed_keys() -> None:
     assert _by_id({"token_id:12": -0.1, "token_id:-3": -2, "hello": -1.0, "token_id:x": -3.0}) == {12: -0.1, -3: -2.0}
+
+
+def test_a_response_that_is_not_a_json_object_is_a_failed_result() -> None:
+    """A 200 whose body (or stream event) is valid JSON but not an object fails the request."""
+    import asyncio
+
+    import httpx
+
+    from harness.target.client import GenerationRequest, TargetClient
+
+    bodies = {False: b"[1, 2]", True: b"data: 5\n\ndata: [DONE]\n\n"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        stream = b'"stream":true' in request.content
+        return httpx.Response(200, content=bodies[stream],
+                              headers={"content-type": "text/event-stream" if stream else "application/json"})
+
+    async def go(stream: bool) -> object:
+        async with TargetClient("http://target.invalid", transport=httpx.MockTransport(handler)) as client:
+            return await client.generate(GenerationRequest(endpoint="completions", model="m", prompt="p",
+                                                           stream=stream))
+
+    for stream in (False, True):
+        result = asyncio.run(go(stream))
+        assert not result.ok and "not a JSON object" in (result.error or ""), result  # type: ignore[attr-defined]

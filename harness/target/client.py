@@ -410,7 +410,10 @@ class TargetClient:
                 if req.stream:
                     await self._read_stream(resp, acc, start)
                 else:
-                    acc.add(fastjson.loads(await resp.aread()))
+                    payload = fastjson.loads(await resp.aread())
+                    if not isinstance(payload, dict):
+                        raise ValueError(f"response is not a JSON object: {str(payload)[:500]}")
+                    acc.add(payload)
             finally:
                 await resp.aclose()
         except (httpx.HTTPError, json.JSONDecodeError, ValueError) as exc:
@@ -448,6 +451,8 @@ class TargetClient:
             if event.data.strip() == "[DONE]":
                 return True
             payload = fastjson.loads(event.data)
+            if not isinstance(payload, dict):
+                raise ValueError(f"stream event is not a JSON object: {event.data[:500]}")
             if "error" in payload and not payload.get("choices"):
                 raise ValueError(f"error event in stream: {event.data[:500]}")
             if acc.result.ttft_s is None and any(
