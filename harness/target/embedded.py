@@ -107,16 +107,20 @@ class EmbeddedServer:
             self.model_dir = build()
         if not Path(self.model_dir).is_dir():
             raise LaunchError(f"model folder does not exist: {self.model_dir}")
+        self._claim_port_and_log("vllm")
+        env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", PYTHONUNBUFFERED="1")
+        env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        return self._launch(self.command(Path(self.model_dir), self.port), env)
+
+    def _claim_port_and_log(self, log_stem: str) -> None:
+        """Pick a free port (or check the one asked for) and the log file `.cache/logs/STEM-PORT.log`."""
         if self.port is None:
             self.port = free_port()
         elif port_in_use(self.port):
             raise LaunchError(f"port {self.port} on 127.0.0.1 is already in use; pick another with --port")
         if self.log_path is None:
-            self.log_path = Path(".cache") / "logs" / f"vllm-{self.port}.log"
+            self.log_path = Path(".cache") / "logs" / f"{log_stem}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", PYTHONUNBUFFERED="1")
-        env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
-        return self._launch(self.command(Path(self.model_dir), self.port), env)
 
     def _launch(self, cmd: list[str], env: dict[str, str]) -> str:
         """Start `cmd` in its own process group, logging to log_path, and wait for health."""

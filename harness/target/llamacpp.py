@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import ClassVar
 
 
-from harness.target.embedded import EmbeddedServer, LaunchError, free_port, port_in_use, tail
+from harness.target.embedded import EmbeddedServer, LaunchError, tail
 
 LLAMA_CPP_VERSION = "0.3.36"
 SERVED_MODEL_NAME = "tiny-llama"
@@ -182,13 +182,7 @@ class LlamaCppServer(EmbeddedServer):
             self.gguf_build_s = time.monotonic() - t0
         if not Path(self.gguf).is_file():
             raise LaunchError(f"GGUF file does not exist: {self.gguf}")
-        if self.port is None:
-            self.port = free_port()
-        elif port_in_use(self.port):
-            raise LaunchError(f"port {self.port} on 127.0.0.1 is already in use; pick another with --port")
-        if self.log_path is None:
-            self.log_path = Path(".cache") / "logs" / f"llamacpp-{self.port}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._claim_port_and_log("llamacpp")
         return self._launch(self.command(Path(self.gguf), self.port), dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def check_alive(self) -> None:
