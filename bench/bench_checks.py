@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.fake_server import PrefixCache
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = 32
 
@@ -40,31 +42,6 @@ def _rss_mb() -> float:
 
 
 # --- synthetic histories -------------------------------------------------------------------------
-
-class _Cache:
-    """A simulated server prefix cache: chained block hashes per (model, salt) domain."""
-
-    def __init__(self, block: int) -> None:
-        self.block = block
-        self.blocks: set[int] = set()
-
-    def _hashes(self, domain: object, seq: list[int]) -> list[int]:
-        b, h, out = self.block, hash(domain), []
-        for k in range(0, len(seq) - b + 1, b):
-            h = hash((h, tuple(seq[k:k + b])))
-            out.append(h)
-        return out
-
-    def serve(self, domain: object, prompt: list[int], output: list[int]) -> int:
-        hashes = self._hashes(domain, prompt)
-        hit = 0
-        for h in hashes:
-            if h not in self.blocks:
-                break
-            hit += 1
-        self.blocks.update(self._hashes(domain, prompt + output[:-1]))
-        return min(hit * self.block, (len(prompt) - 1) // self.block * self.block)
-
 
 def synthesize(n_ops: int, seed: int = 0, users: int = 16, turns: int = 4, tenants: int = 4,
                private: int = 20, out_len: int = 16, salted_every: int = 4) -> list[Any]:
@@ -79,7 +56,7 @@ def synthesize(n_ops: int, seed: int = 0, users: int = 16, turns: int = 4, tenan
     tops = {t: {t: -0.05, **{vocab[(t - 100 + 37 * j) % len(vocab)]: -3.0 - 0.5 * j for j in range(1, 5)}}
             for t in vocab}
     token_logprobs = [-0.05] * out_len
-    cache = _Cache(BLOCK)
+    cache = PrefixCache(BLOCK, max_blocks=sys.maxsize)  # never evicts: every hit stays explainable
     records: list[Any] = []
     clock = 0.0
     per_scenario = users * turns * 4
@@ -141,7 +118,8 @@ def synthesize(n_ops: int, seed: int = 0, users: int = 16, turns: int = 4, tenan
                 prompt, out, text, top = conversation(u, variants[u])[t]
                 if isolation == "shared":
                     op_salt = salt[u]
-                    cached = cache.serve((model, op_salt), prompt, out)
+                    cached = cache.lookup_and_insert((model, op_salt), prompt)
+                    cache.insert_sequence((model, op_salt), prompt + out[:-1], after=len(prompt))
                     invoke, clock = clock, clock + 0.002
                     complete = invoke + 0.02  # about ten requests in flight
                 else:
