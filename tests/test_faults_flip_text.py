@@ -24,7 +24,7 @@ from harness.faults import catalog
 from harness.faults.proxy import FaultProxy
 from harness.scenario.words import word_pool
 from harness.target.client import GenerationRequest, TargetClient
-from harness.target.embedded import free_port
+from tests.scripted import serve_app
 
 TOKENS = [" a", " bb", " ccc", " dddd"]
 CONFIDENT = 1  # the only position whose top-1 margin exceeds FLIP_MIN_MARGIN
@@ -56,11 +56,7 @@ class FakeLlamaCpp:
         app.router.add_post("/v1/chat/completions", self.chat)
         if self.tokenizer:
             app.router.add_post("/extras/tokenize", self.tokenize)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self.runner.setup()
-        port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, self.url = await serve_app(app)
 
     async def stop(self) -> None:
         assert self.runner is not None

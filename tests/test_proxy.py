@@ -26,6 +26,7 @@ from harness.faults.proxy import FaultProxy
 from harness.scenario.words import draw_words
 from harness.target.client import Endpoint, GenerationRequest, GenerationResult, TargetClient
 from harness.target.embedded import free_port
+from tests.scripted import serve_app
 
 MODEL = "tiny-llama"
 ENDPOINTS: list[Endpoint] = ["completions", "chat"]
@@ -324,11 +325,7 @@ class BrokenUpstream:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.completions)
         app.router.add_get("/metrics", self.metrics)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self.runner.setup()
-        port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, self.url = await serve_app(app)
 
     async def stop(self) -> None:
         self.closing.set()
