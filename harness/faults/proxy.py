@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import random
-import re
 import threading
 import time
 from collections import deque
@@ -44,6 +43,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from harness.faults import catalog
+from harness.target.client import token_id_of
 
 GENERATION_PATHS: dict[str, str] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 USER_HEADER = "X-Harness-User"
@@ -59,7 +59,6 @@ _HOP_BY_HOP = frozenset(
         "transfer-encoding", "upgrade", "host", "content-length", "content-encoding", "accept-encoding",
     )
 )
-_TOKEN_ID_RE = re.compile(r"^token_id:(-?\d+)$")
 _SSE_TYPE = "text/event-stream"
 
 
@@ -219,11 +218,6 @@ def _render(cap: _Captured) -> bytes:
 # --- response shapes: tokens across endpoints and streaming ---------------------------------------
 
 
-def _token_id(s: Any) -> int | None:
-    m = _TOKEN_ID_RE.match(s) if isinstance(s, str) else None
-    return int(m.group(1)) if m else None
-
-
 @dataclass
 class _Slot:
     """Output token k lives in `choice` (of one payload) at index j of its token lists."""
@@ -272,12 +266,7 @@ class _Tokens:
         ids = s.choice.get("token_ids")
         if isinstance(ids, list) and s.j < len(ids):
             return int(ids[s.j])
-        lp = self._lp(s.choice)
-        if self.endpoint == "completions":
-            toks = lp.get("tokens") or []
-            return _token_id(toks[s.j]) if s.j < len(toks) else None
-        content = lp.get("content") or []
-        return _token_id(content[s.j].get("token")) if s.j < len(content) else None
+        return token_id_of(self.key(k))
 
     def ids(self) -> list[int | None]:
         return [self.id(k) for k in range(len(self.slots))]
@@ -288,10 +277,10 @@ class _Tokens:
         if self.endpoint == "completions":
             tops = lp.get("top_logprobs") or []
             top = tops[s.j] if s.j < len(tops) and isinstance(tops[s.j], dict) else {}
-            return {t: float(v) for key, v in top.items() if (t := _token_id(key)) is not None and v is not None}
+            return {t: float(v) for key, v in top.items() if (t := token_id_of(key)) is not None and v is not None}
         content = lp.get("content") or []
         entries = content[s.j].get("top_logprobs") or [] if s.j < len(content) else []
-        return {t: float(e["logprob"]) for e in entries if (t := _token_id(e.get("token"))) is not None}
+        return {t: float(e["logprob"]) for e in entries if (t := token_id_of(e.get("token"))) is not None}
 
     def key(self, k: int) -> str | None:
         """How the response names output token k in its logprobs ("token_id:N" or the token's text)."""
@@ -326,7 +315,7 @@ class _Tokens:
         """Every output token is named by its text only: no `token_ids`, no "token_id:N" keys."""
         if not self.slots or any(isinstance(c.get("token_ids"), list) for c in self.choices):
             return False
-        return all(key is not None and _token_id(key) is None for key in self.keys())
+        return all(key is not None and token_id_of(key) is None for key in self.keys())
 
     def set_token(self, k: int, new_id: int, logprob: float) -> None:
         """Replace token k everywhere it is named, adding it to that position's top logprobs."""

@@ -110,9 +110,9 @@ class GenerationResult:
     token_ids_source: str | None = None
 
 
-def _token_id(token: str) -> int | None:
-    """N for a `token_id:N` key (vLLM's return_tokens_as_token_ids), else None."""
-    if token[:9] != "token_id:":  # the common miss, without a regex
+def token_id_of(token: object) -> int | None:
+    """N for a `token_id:N` key (vLLM's return_tokens_as_token_ids), else None (any other value)."""
+    if not isinstance(token, str) or token[:9] != "token_id:":  # the common miss, without a regex
         return None
     digits = token[9:]
     if digits.isdigit():  # the common hit, without a regex (ASCII digits only: see isascii)
@@ -126,7 +126,7 @@ def _by_id(top: dict[str, Any]) -> dict[int, float]:
     out = {int(d): float(lp) for key, lp in top.items()
            if key[:9] == "token_id:" and (d := key[9:]).isdigit() and d.isascii()}
     if len(out) < len(top):  # rare: a negative id, or keys that are not ids at all
-        out = {tid: float(lp) for key, lp in top.items() if (tid := _token_id(key)) is not None}
+        out = {tid: float(lp) for key, lp in top.items() if (tid := token_id_of(key)) is not None}
     return out
 
 
@@ -203,7 +203,7 @@ class _Accumulator:
             tops = lp.get("top_logprobs") or ()
             n_values, n_tops = len(logprobs), len(tops)
             for i, tok in enumerate(tokens):
-                tid = _token_id(tok) if isinstance(tok, str) else None
+                tid = token_id_of(tok)
                 if tid is not None:
                     self._ids_from_logprobs.append(tid)
                 value = logprobs[i] if i < n_values else None
@@ -215,12 +215,12 @@ class _Accumulator:
                     self.top_texts.append({k: float(v) for k, v in top.items() if v is not None})
         else:
             for entry in lp.get("content") or []:
-                tid = _token_id(entry.get("token", ""))
+                tid = token_id_of(entry.get("token", ""))
                 if tid is not None:
                     self._ids_from_logprobs.append(tid)
                 r.token_logprobs.append(float(entry.get("logprob", float("nan"))))
                 r.top_logprobs.append(
-                    {t: float(e["logprob"]) for e in entry.get("top_logprobs") or [] if (t := _token_id(e.get("token", ""))) is not None}
+                    {t: float(e["logprob"]) for e in entry.get("top_logprobs") or [] if (t := token_id_of(e.get("token", ""))) is not None}
                 )
                 if tid is None and isinstance(entry.get("token"), str):
                     self.token_texts.append(entry["token"])
