@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default="1,64,512")
     ap.add_argument("--repeats", type=int, default=3, help="runs per cell; the median CPU/request is reported")
     ap.add_argument("--transports", default="default,httpx", help="harness transports to measure")
-    ap.add_argument("--scale-users", type=int, default=2000)
+    ap.add_argument("--scale-users", type=int, default=2000, help="0: no scale run")
     ap.add_argument("--scale-turns", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="500 requests, 1 repeat, 500 scale users")
@@ -254,16 +254,20 @@ def main(argv: list[str] | None = None) -> int:
                         transport=t, **shape)))
             for key, cs in cells.items():
                 row = _median_cell(cs)
+                if key != "vllm":  # each repeat's harness cell over the vllm cell run just before it
+                    row["paired_ratios"] = [round(h["cpu_ms_per_req"] / v["cpu_ms_per_req"], 3)
+                                            for h, v in zip(cs, cells["vllm"])]
                 rows.append(row)
                 print(f"c={c:<4} {key:<14} {row['cpu_ms_per_req']:.3f} CPU-ms/req (all {row['cpu_ms_per_req_all']}) "
                       f"{row['rps']:.0f} req/s errors={row['errors']} rss={row['maxrss_mb']:.0f}MB", flush=True)
-        scale = run_cell("harness", dict(
+        scale = None if args.scale_users <= 0 else run_cell("harness", dict(
             url=server.url, users=args.scale_users, turns=args.scale_turns, concurrency=args.scale_users,
             interleaving="burst", transport="default", checks=True, **shape))
-        print(f"scale: {args.scale_users} users x {args.scale_turns} turns: {scale['requests']} requests, "
-              f"errors={scale['errors']}, {scale['rps']:.0f} req/s, {scale['cpu_ms_per_req']:.3f} CPU-ms/req, "
-              f"peak RSS {scale['maxrss_mb']:.0f} MB (after imports {scale['base_rss_mb']:.0f} MB), "
-              f"checks {scale.get('checks')} in {scale.get('checks_cpu_s', 0):.1f} s", flush=True)
+        if scale is not None:
+                print(f"scale: {args.scale_users} users x {args.scale_turns} turns: {scale['requests']} requests, "
+                  f"errors={scale['errors']}, {scale['rps']:.0f} req/s, {scale['cpu_ms_per_req']:.3f} CPU-ms/req, "
+                  f"peak RSS {scale['maxrss_mb']:.0f} MB (after imports {scale['base_rss_mb']:.0f} MB), "
+                  f"checks {scale.get('checks')} in {scale.get('checks_cpu_s', 0):.1f} s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"requests_per_cell": args.requests, "repeats": args.repeats, "input_len": input_len,
               "max_tokens": args.max_tokens, "rows": rows, "scale": scale,
@@ -279,14 +283,18 @@ def markdown(report: dict[str, Any]) -> str:
              f"top-5 logprobs and token ids; {report['requests_per_cell']} requests per cell, median of "
              f"{report['repeats']}.", "",
              "| concurrency | driver | CPU ms / request | CPU s / 1,000 requests | requests / s | errors | "
-             "harness ÷ vllm (CPU) |", "|---|---|---|---|---|---|---|"]
+             "harness ÷ vllm (CPU) | per-repeat ratios (median) |", "|---|---|---|---|---|---|---|---|"]
     vllm = {r["concurrency"]: r for r in rows if r["kind"] == "vllm"}
     for r in rows:
         name = "vllm bench serve" if r["kind"] == "vllm" else f"harness ({r['transport']})"
         ratio = "" if r["kind"] == "vllm" else f"{r['cpu_ms_per_req'] / vllm[r['concurrency']]['cpu_ms_per_req']:.2f}"
+        paired = r.get("paired_ratios") or []
+        pairs = f"{', '.join(f'{x:.2f}' for x in paired)} ({statistics.median(paired):.2f})" if paired else ""
         lines.append(f"| {r['concurrency']} | {name} | {r['cpu_ms_per_req']:.3f} | {r['cpu_ms_per_req']:.2f} | "
-                     f"{r['rps']:.0f} | {r['errors']} | {ratio} |")
+                     f"{r['rps']:.0f} | {r['errors']} | {ratio} | {pairs} |")
     s = report["scale"]
+    if s is None:  # --scale-users 0
+        return "\n".join(lines)
     lines += ["", "| scale run | figure |", "|---|---|",
               f"| users × turns (burst: all users in flight) | {report['scale_users']} × {report['scale_turns']} |",
               f"| requests / errors | {s['requests']} / {s['errors']} |",

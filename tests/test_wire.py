@@ -5,42 +5,66 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
+
 from httpx_sse._decoders import SSEDecoder
 
 from harness import fastjson
 from harness.history.record import Operation, _from_json, _to_json
-from harness.target.client import _by_id, _SSELines
+from harness.target.client import _by_id, _SSEData
 
 STREAM = (b'data: {"a": 1}\r\n\r\n'
           b'event: ping\n: a comment\ndata: {"b":\ndata: 2}\n\n'
           b'data: [DONE]\r\r')
 
 
-def _events(chunks: list[bytes]) -> list[tuple[str, str]]:
-    splitter, decoder, out = _SSELines(), SSEDecoder(), []
-    for chunk in chunks:
-        for line in splitter.feed(chunk):
-            if (ev := decoder.decode(line)) is not None:
-                out.append((ev.event, ev.data))
-    for line in [*splitter.close(), ""]:
-        if (ev := decoder.decode(line)) is not None:
-            out.append((ev.event, ev.data))
+def _events(chunks: list[bytes]) -> list[bytes]:
+    events = _SSEData()
+    return [data for chunk in chunks for data in events.feed(chunk)] + events.close()
+
+
+def _reference(stream: bytes) -> list[bytes]:
+    """httpx-sse's decoder over every line of the whole stream (what `_SSEData` must equal)."""
+    decoder, out = SSEDecoder(), []
+    for line in stream.splitlines():
+        if (ev := decoder.decode(line.decode("utf-8", errors="replace"))) is not None and ev.data:
+            out.append(ev.data.encode())
     return out
 
 
-def test_sse_lines_give_the_same_events_however_the_stream_is_cut() -> None:
+def _cut(stream: bytes, rng: random.Random) -> list[bytes]:
+    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(1, 8))))
+    return [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+
+
+def test_sse_data_is_the_same_however_the_stream_is_cut() -> None:
     whole = _events([STREAM])
-    assert whole == [("message", '{"a": 1}'), ("ping", '{"b":\n2}'), ("message", "[DONE]")]
+    assert whole == [b'{"a": 1}', b'{"b":\n2}', b"[DONE]"] == _reference(STREAM)
     rng = random.Random(7)
     for _ in range(300):  # every cut, including between a CR and its LF and inside a UTF-8 line
-        cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 8)))
-        chunks = [STREAM[a:b] for a, b in zip([0, *cuts], [*cuts, len(STREAM)])]
+        chunks = _cut(STREAM, rng)
         assert _events(chunks) == whole, chunks
 
 
-def test_sse_lines_keep_utf8_and_a_final_line_without_ending() -> None:
-    text = "data: caf\u00e9 \u79df\u6237".encode()
-    assert _events([text[:7], text[7:]]) == [("message", "caf\u00e9 \u79df\u6237")]
+def test_sse_fast_path_equals_the_decoder_on_random_streams() -> None:
+    """Streams mixing the fast shape (one `data: ` line, LF) with every other SSE form, cut at
+    random: `_SSEData` gives exactly the decoder's events, in order."""
+    pieces = [b'data: {"x": 1}\n\n', "data: caf\u00e9 \u79df\n\n".encode(), b"data: \n\n", b"data:  two\n\n",
+              b"data:nospace\n\n", b": comment\n\n", b"event: e\ndata: ev\n\n", b"data: a\ndata: b\n\n",
+              b"id: 7\n\n", b"\n", b"\n\n\n", b"data: unfinished\n", b"retry: 10\ndata: r\n\n", b"data",
+              b"data: crlf\r\n\r\n", b"data: cr\r\r"]
+    rng = random.Random(11)
+    for _ in range(2000):
+        stream = b"".join(rng.choices(pieces, k=rng.randint(1, 12)))
+        assert _events([stream]) == _reference(stream), stream
+        if len(stream) > 1:
+            chunks = _cut(stream, rng)
+            assert _events(chunks) == _reference(stream), chunks
+
+
+def test_sse_data_keeps_utf8_split_across_chunks() -> None:
+    text = "data: caf\u00e9 \u79df\u6237\n\n".encode()
+    assert _events([text[:7], text[7:11], text[11:]]) == ["caf\u00e9 \u79df\u6237".encode()]
 
 
 def test_fastjson_round_trips_what_orjson_refuses() -> None:
@@ -65,10 +89,21 @@ def test_history_records_round_trip_including_nan_logprobs() -> None:
     back = _from_json(_to_json(missing))
     assert math.isnan(back.token_logprobs[0]) and back.token_logprobs[1] == -1.0
     assert back.top_logprobs == [{5: float("-inf")}, {}]
+    huge = _op(token_logprobs=[-1e308, -1e308], top_logprobs=[{5: -1e308, 9: -1e308}, {6: float("nan")}])
+    back = _from_json(_to_json(huge))  # finite values whose sum overflows; a NaN among the tops
+    assert back.token_logprobs == [-1e308, -1e308] and back.top_logprobs[0] == {5: -1e308, 9: -1e308}
+    assert math.isnan(back.top_logprobs[1][6])
 
 
 def test_top_logprobs_by_id_skip_text_and_malformed_keys() -> None:
-    assert _by_id({"token_id:12": -0.1, "token_id:-3": -2, "hello": -1.0, "token_id:x": -3.0}) == {12: -0.1, -3: -2.0}
+    top = {"token_id:12": -0.1, "token_id:-3": -2, "hello": -1.0, "token_id:x": -3.0}
+    assert _by_id(top) == {12: -0.1, -3: -2.0}
+    ids = {"token_id:12": -0.1, "token_id:-3": -2.5}
+    assert _by_id(ids) == _by_id(dict(ids)) == {12: -0.1, -3: -2.5}  # the second from the memo
+    assert _by_id({"token_id:12": None, "token_id:4": -1.0}) == {4: -1.0}  # a null logprob is left out
+    for bad in ("abc", [1], {"v": 1}):
+        with pytest.raises(ValueError, match="not a number"):
+            _by_id({"token_id:12": bad})
 
 
 def test_a_response_that_is_not_a_json_object_is_a_failed_result() -> None:
@@ -94,3 +129,51 @@ def test_a_response_that_is_not_a_json_object_is_a_failed_result() -> None:
     for stream in (False, True):
         result = asyncio.run(go(stream))
         assert not result.ok and "not a JSON object" in (result.error or ""), result  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("body", [
+    b'{"choices": ["x"]}',
+    b'{"choices": [{"index": 0, "text": 5}]}',
+    b'{"choices": [{"logprobs": {"tokens": ["token_id:1"], "token_logprobs": [-1.0], "top_logprobs": [[1]]}}]}',
+    b'{"choices": [{"logprobs": {"tokens": ["token_id:1"], "token_logprobs": ["low"]}}]}',
+    b'{"usage": {"prompt_tokens_details": {"cached_tokens": "many"}}, "choices": []}',
+])
+def test_a_response_of_the_wrong_shape_is_a_failed_result(body: bytes) -> None:
+    """Valid JSON whose fields have the wrong types fails that request (status and reason kept),
+    streamed or not, instead of raising out of the client and ending the run."""
+    import asyncio
+
+    import httpx
+
+    from harness.target.client import GenerationRequest, TargetClient
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        stream = b'"stream":true' in request.content
+        return httpx.Response(200, content=b"data: " + body + b"\n\ndata: [DONE]\n\n" if stream else body)
+
+    async def go(stream: bool) -> object:
+        async with TargetClient("http://target.invalid", transport=httpx.MockTransport(handler)) as client:
+            return await client.generate(GenerationRequest(endpoint="completions", model="m", prompt="p",
+                                                           stream=stream))
+
+    for stream in (False, True):
+        result = asyncio.run(go(stream))
+        assert not result.ok and result.status == 200 and result.error, result  # type: ignore[attr-defined]
+
+
+def test_a_null_logprob_is_recorded_as_missing_on_both_endpoints() -> None:
+    from harness.target.client import _Accumulator
+
+    completions = _Accumulator("completions")
+    completions.add({"choices": [{"index": 0, "text": " a", "logprobs": {
+        "tokens": ["token_id:3", "token_id:4"], "token_logprobs": [None, -1.5],
+        "top_logprobs": [{"token_id:3": None, "token_id:8": -2.0}, None]}}]})
+    chat = _Accumulator("chat")
+    chat.add({"choices": [{"index": 0, "delta": {"content": " a"}, "logprobs": {"content": [
+        {"token": "token_id:3", "logprob": None, "top_logprobs": [{"token": "token_id:8", "logprob": -2.0},
+                                                                   {"token": "token_id:3", "logprob": None}]},
+        {"token": "token_id:4", "logprob": -1.5, "top_logprobs": []}]}}]})
+    for acc in (completions, chat):
+        r = acc.finish()
+        assert r.output_token_ids == [3, 4] and math.isnan(r.token_logprobs[0]) and r.token_logprobs[1] == -1.5
+        assert r.top_logprobs == [{8: -2.0}, {}]

@@ -7,6 +7,7 @@ invoke/complete times and everything the client returned). Every check reads onl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -104,10 +105,20 @@ def _field_names(cls: type) -> tuple[str, ...]:
 def _to_json(rec: Record) -> bytes:
     # Dataclasses are serialised field by field in orjson itself (no intermediate dict); a record
     # holding a NaN or infinite logprob goes through the standard library, which keeps them.
-    if isinstance(rec, Operation) and not (
-            all_finite(rec.token_logprobs) and all(all_finite(top.values()) for top in rec.top_logprobs)):
+    if isinstance(rec, Operation) and not _finite_logprobs(rec):
         return fastjson.dumps({k: getattr(rec, k) for k in _field_names(type(rec))}, finite=False)
     return fastjson.dumps(rec)
+
+
+def _finite_logprobs(op: Operation) -> bool:
+    """No NaN or infinite logprob anywhere in the operation. One sum per list is finite when
+    every term is (the common case); only a sum that is not gets the exact, per-value check."""
+    try:
+        if math.isfinite(sum(op.token_logprobs)) and math.isfinite(sum(map(sum, map(dict.values, op.top_logprobs)))):
+            return True
+    except TypeError:  # a top-logprob container that is not a dict: the exact check below
+        pass
+    return all_finite(op.token_logprobs) and all(all_finite(top.values()) for top in op.top_logprobs)
 
 
 def _from_json(line: str | bytes) -> Record:

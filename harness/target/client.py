@@ -11,10 +11,11 @@ gets its ids recovered through its own tokenizer: each generated token's text is
 position cannot be mapped, the whole output text is tokenized instead. `token_ids_source`
 says which happened ("server", "tokenize", "tokenize-text"), so checks can say so.
 
-Transport: httpx's API throughout, over aiohttp (the `httpx-aiohttp` package) when it is
-installed, which costs several times less CPU per request than httpx's own transport (see
-bench/README.md); aiohttp's errors are mapped onto httpx's, so failures read as before. Set
-`HARNESS_HTTP_TRANSPORT=httpx` to force httpx's own transport (`aiohttp` to require the other).
+Transport: httpx's API throughout, over aiohttp (the `httpx-aiohttp` package's transport, its
+per-request glue trimmed) when it is installed, which costs several times less CPU per request
+than httpx's own transport (see bench/README.md); aiohttp's errors are mapped onto httpx's, so
+failures read the same on both (tests/test_transport.py). Set `HARNESS_HTTP_TRANSPORT=httpx` to
+force httpx's own transport (`aiohttp` to require the other).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import asyncio
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import httpx
 from httpx_sse._decoders import SSEDecoder
@@ -36,6 +38,7 @@ from harness import fastjson
 Endpoint = Literal["completions", "chat"]
 _TOKEN_ID_RE = re.compile(r"^token_id:(-?\d+)$")
 _NAN = float("nan")
+_MAX_AFTER_DONE = 1 << 16  # bytes read past a stream's [DONE] before the stream is left unread
 
 
 @dataclass
@@ -110,9 +113,12 @@ class GenerationResult:
     token_ids_source: str | None = None
 
 
-def token_id_of(token: object) -> int | None:
-    """N for a `token_id:N` key (vLLM's return_tokens_as_token_ids), else None (any other value)."""
-    if not isinstance(token, str) or token[:9] != "token_id:":  # the common miss, without a regex
+_ID_OF_KEY: dict[str, int] = {}  # "token_id:N" -> N for the keys met so far (one per vocabulary entry)
+_ID_MEMO_LIMIT = 1 << 20  # a server inventing keys without end cannot grow the memo past this
+
+
+def _parse_token_id(token: str) -> int | None:
+    if token[:9] != "token_id:":  # the common miss, without a regex
         return None
     digits = token[9:]
     if digits.isdigit():  # the common hit, without a regex (ASCII digits only: see isascii)
@@ -121,13 +127,45 @@ def token_id_of(token: object) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def token_id_of(token: object) -> int | None:
+    """N for a `token_id:N` key (vLLM's return_tokens_as_token_ids), else None (any other value).
+    Keys are memoised: a stream repeats the same few thousand keys, and a dict lookup costs a
+    fraction of parsing one."""
+    if token.__class__ is not str:
+        return None
+    tid = _ID_OF_KEY.get(token)  # type: ignore[arg-type]
+    if tid is None:
+        tid = _parse_token_id(token)  # type: ignore[arg-type]
+        if tid is not None and len(_ID_OF_KEY) < _ID_MEMO_LIMIT:
+            _ID_OF_KEY[token] = tid  # type: ignore[index]
+    return tid
+
+
 def _by_id(top: dict[str, Any]) -> dict[int, float]:
-    """Top logprobs keyed `token_id:N` as {N: logprob}; other keys are left out."""
-    out = {int(d): float(lp) for key, lp in top.items()
-           if key[:9] == "token_id:" and (d := key[9:]).isdigit() and d.isascii()}
-    if len(out) < len(top):  # rare: a negative id, or keys that are not ids at all
-        out = {tid: float(lp) for key, lp in top.items() if (tid := token_id_of(key)) is not None}
+    """Top logprobs keyed `token_id:N` as {N: logprob}. Keys that are not ids and null logprobs
+    are left out; a logprob that is not a number raises ValueError (the request fails)."""
+    try:  # the common case: every key met before, every value a number (sum refuses the rest)
+        out = {_ID_OF_KEY[key]: lp for key, lp in top.items()}
+        sum(out.values())
+        return out
+    except (KeyError, TypeError):
+        pass
+    out = {}
+    for key, lp in top.items():
+        tid = token_id_of(key)
+        if tid is not None and lp is not None:
+            out[tid] = _logprob(lp)
     return out
+
+
+def _logprob(value: object) -> float:
+    """A logprob as a float: a number, or a string that float() reads; anything else fails."""
+    if value.__class__ is float:
+        return value  # type: ignore[return-value]
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"logprob is not a number: {str(value)[:100]}") from None
 
 
 class _SSELines:
@@ -149,6 +187,53 @@ class _SSELines:
         return [line.decode("utf-8", errors="replace") for line in rest.splitlines()]
 
 
+class _SSEData:
+    """The data of each SSE event in a byte stream, in order, as bytes (empty data is skipped).
+
+    Servers send almost every event as one `data: ...` line and a blank line, with LF endings;
+    those are cut straight from the bytes, which costs a fraction of decoding line by line.
+    Every other block (comments, `event:` or `id:` fields, data over several lines) goes through
+    httpx-sse's decoder, and a stream that uses CR line endings anywhere goes through it line by
+    line from there on, so the events are the decoder's in every case."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._decoder = SSEDecoder()
+        self._lines: _SSELines | None = None  # line by line (a CR was seen)
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self._lines is None and b"\r" in chunk:
+            self._lines, rest, self._rest = _SSELines(), self._rest, b""
+            return self._decode(self._lines.feed(rest + chunk))
+        if self._lines is not None:
+            return self._decode(self._lines.feed(chunk))
+        blocks = (self._rest + chunk if self._rest else chunk).split(b"\n\n")
+        self._rest = blocks.pop()  # after the last blank line: the start of an event, or empty
+        out: list[bytes] = []
+        for block in blocks:
+            if block[:6] == b"data: " and b"\n" not in block:
+                if len(block) > 6:
+                    out.append(block[6:])
+            elif block:  # the block's lines, then the blank line that ended it
+                out += self._decode([*block.decode("utf-8", errors="replace").split("\n"), ""])
+        return out
+
+    def close(self) -> list[bytes]:
+        """Events completed by the end of the stream: none in the fast path, whose remainder
+        holds no blank line (an event without its blank line is never dispatched)."""
+        if self._lines is None:
+            return []
+        return self._decode(self._lines.close())
+
+    def _decode(self, lines: list[str]) -> list[bytes]:
+        out = []
+        for line in lines:
+            event = self._decoder.decode(line)
+            if event is not None and event.data:
+                out.append(event.data.encode())
+        return out
+
+
 class _Accumulator:
     """Folds one response (or a stream of chunks) into a GenerationResult."""
 
@@ -163,69 +248,93 @@ class _Accumulator:
         self._text: list[str] = []  # output text pieces, joined once at the end
 
     def add(self, payload: dict[str, Any]) -> None:
+        """Fold one response body or stream event in. A body of the wrong shape (a field of the
+        wrong type) raises ValueError, so the request fails instead of the run."""
+        try:
+            self._add(payload)
+        except (TypeError, AttributeError, KeyError, IndexError) as exc:
+            raise ValueError(f"malformed response ({type(exc).__name__}: {exc})") from exc
+
+    def _add(self, payload: dict[str, Any]) -> None:
         r = self.result
-        model = payload.get("model")
+        get = payload.get
+        model = get("model")
         if model.__class__ is str:
             r.served_model = model
-        if payload.get("prompt_token_ids") is not None:
-            r.prompt_token_ids = list(payload["prompt_token_ids"])
-        usage = payload.get("usage")
+        prompt_ids = get("prompt_token_ids")
+        if prompt_ids is not None:
+            r.prompt_token_ids = list(prompt_ids)
+        usage = get("usage")
         if usage:
             r.prompt_tokens = usage.get("prompt_tokens", r.prompt_tokens)
             details = usage.get("prompt_tokens_details") or {}
             if details.get("cached_tokens") is not None:
                 r.cached_tokens = int(details["cached_tokens"])
         chat = self.endpoint != "completions"
-        for choice in payload.get("choices") or ():
-            if choice.get("index", 0) != 0:
+        for choice in get("choices") or ():
+            get = choice.get
+            if get("index", 0) != 0:
                 continue
-            text = choice.get("text") if not chat else (choice.get("message") or choice.get("delta") or {}).get("content")
+            text = get("text") if not chat else (get("message") or get("delta") or {}).get("content")
             if text:
+                if text.__class__ is not str:
+                    raise TypeError(f"text is {type(text).__name__}, not a string")
                 self._text.append(text)
-            if choice.get("prompt_token_ids") is not None:
-                r.prompt_token_ids = list(choice["prompt_token_ids"])
-            ids = choice.get("token_ids")
+            prompt_ids = get("prompt_token_ids")
+            if prompt_ids is not None:
+                r.prompt_token_ids = list(prompt_ids)
+            ids = get("token_ids")
             if ids is not None:
-                self._ids_from_field.extend(ids)
+                self._ids_from_field += ids
                 self._ids_field_seen = True
-            lp = choice.get("logprobs")
+            lp = get("logprobs")
             if lp:
-                self._add_logprobs(lp)
-            finish = choice.get("finish_reason")
+                if chat:
+                    self._add_chat_logprobs(lp)
+                else:
+                    self._add_logprobs(lp)
+            finish = get("finish_reason")
             if finish:
                 r.finish_reason = finish
 
     def _add_logprobs(self, lp: dict[str, Any]) -> None:
+        """/v1/completions logprobs: parallel lists of tokens, their logprobs and top dicts."""
         r = self.result
-        if self.endpoint == "completions":
-            tokens = lp.get("tokens") or ()
-            logprobs = lp.get("token_logprobs") or ()
-            tops = lp.get("top_logprobs") or ()
-            n_values, n_tops = len(logprobs), len(tops)
-            for i, tok in enumerate(tokens):
+        tokens = lp.get("tokens") or ()
+        logprobs = lp.get("token_logprobs") or ()
+        tops = lp.get("top_logprobs") or ()
+        n_values, n_tops = len(logprobs), len(tops)
+        memo = _ID_OF_KEY
+        for i, tok in enumerate(tokens):
+            tid = memo.get(tok) if tok.__class__ is str else None
+            if tid is None:
                 tid = token_id_of(tok)
-                if tid is not None:
-                    self._ids_from_logprobs.append(tid)
-                value = logprobs[i] if i < n_values else None
-                r.token_logprobs.append(float(value) if value is not None else _NAN)
-                top = (tops[i] if i < n_tops else None) or {}
-                r.top_logprobs.append(_by_id(top))
-                if tid is None and isinstance(tok, str):
-                    self.token_texts.append(tok)
-                    self.top_texts.append({k: float(v) for k, v in top.items() if v is not None})
-        else:
-            for entry in lp.get("content") or []:
-                tid = token_id_of(entry.get("token", ""))
-                if tid is not None:
-                    self._ids_from_logprobs.append(tid)
-                r.token_logprobs.append(float(entry.get("logprob", float("nan"))))
-                r.top_logprobs.append(
-                    {t: float(e["logprob"]) for e in entry.get("top_logprobs") or [] if (t := token_id_of(e.get("token", ""))) is not None}
-                )
-                if tid is None and isinstance(entry.get("token"), str):
-                    self.token_texts.append(entry["token"])
-                    self.top_texts.append({e["token"]: float(e["logprob"]) for e in entry.get("top_logprobs") or []
-                                           if isinstance(e.get("token"), str) and e.get("logprob") is not None})
+            if tid is not None:
+                self._ids_from_logprobs.append(tid)
+            value = logprobs[i] if i < n_values else None
+            r.token_logprobs.append(_logprob(value) if value is not None else _NAN)
+            top = (tops[i] if i < n_tops else None) or {}
+            r.top_logprobs.append(_by_id(top))
+            if tid is None and isinstance(tok, str):
+                self.token_texts.append(tok)
+                self.top_texts.append({k: _logprob(v) for k, v in top.items() if v is not None})
+
+    def _add_chat_logprobs(self, lp: dict[str, Any]) -> None:
+        """/v1/chat/completions logprobs: one entry per token, each with its top entries."""
+        r = self.result
+        for entry in lp.get("content") or []:
+            tid = token_id_of(entry.get("token", ""))
+            if tid is not None:
+                self._ids_from_logprobs.append(tid)
+            value = entry.get("logprob")
+            r.token_logprobs.append(_logprob(value) if value is not None else _NAN)  # null: missing
+            r.top_logprobs.append(
+                {t: _logprob(e["logprob"]) for e in entry.get("top_logprobs") or []
+                 if (t := token_id_of(e.get("token", ""))) is not None and e.get("logprob") is not None})
+            if tid is None and isinstance(entry.get("token"), str):
+                self.token_texts.append(entry["token"])
+                self.top_texts.append({e["token"]: _logprob(e["logprob"]) for e in entry.get("top_logprobs") or []
+                                       if isinstance(e.get("token"), str) and e.get("logprob") is not None})
 
     def finish(self) -> GenerationResult:
         r = self.result
@@ -259,37 +368,80 @@ def _aiohttp_error_as_httpx(exc: BaseException, request: httpx.Request) -> BaseE
 
 
 def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """httpx-aiohttp's transport, with every aiohttp error raised as the matching httpx error."""
+    """httpx-aiohttp's transport (its connection pool and settings), with every aiohttp error
+    raised as the matching httpx error, and its per-request glue trimmed to what TargetClient
+    needs: the timeout object and parsed URL made once rather than per request, headers handed
+    over as pairs, and the body read straight from aiohttp's stream (one generator, not two).
+    It serves no proxy and no SNI override, which TargetClient never sets."""
+    import aiohttp
+    import yarl
     from httpx_aiohttp import AiohttpTransport
 
+    def reraise(exc: Exception, request: httpx.Request) -> NoReturn:
+        out = _aiohttp_error_as_httpx(exc, request)
+        if out is exc:
+            raise exc
+        raise out from exc
+
     class _Stream(httpx.AsyncByteStream):
-        def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request) -> None:
-            self._inner, self._request = inner, request
+        def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+            self._response, self._request = response, request
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             try:
-                async for chunk in self._inner:
+                async for chunk in self._response.content.iter_chunked(1 << 16):
                     yield chunk
             except Exception as exc:
-                mapped = _aiohttp_error_as_httpx(exc, self._request)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
+                reraise(exc, self._request)
 
         async def aclose(self) -> None:
-            await self._inner.aclose()
+            try:
+                await self._response.__aexit__(None, None, None)
+            except Exception as exc:
+                reraise(exc, self._request)
 
     class _Transport(AiohttpTransport):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
+            self._urls: dict[str, yarl.URL] = {}
+
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if not isinstance(self.client, aiohttp.ClientSession):
+                self.client = self.get_client()
+            timeout = request.extensions.get("timeout") or {}
+            key = (timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
+            client_timeout = self._timeouts.get(key)
+            if client_timeout is None:
+                client_timeout = self._timeouts[key] = aiohttp.ClientTimeout(
+                    sock_connect=key[0], sock_read=key[1], connect=key[2])
+            url_text = str(request.url)
+            url = self._urls.get(url_text)
+            if url is None:
+                url = yarl.URL(url_text, encoded=True)
+                if len(self._urls) < 1024:  # the client's few paths
+                    self._urls[url_text] = url
+            # httpx writes str header values as ASCII (it refuses others), so latin-1 reads them
+            # back unchanged without httpx guessing the encoding per request.
+            request.headers.encoding = "latin-1"
+            headers = request.headers.multi_items()
+            data: bytes | httpx.AsyncByteStream | None
             try:
-                response = await super().handle_async_request(request)
+                data = request.content or None
+            except httpx.RequestNotRead:  # a streamed body: aiohttp frames it itself
+                data = request.stream  # type: ignore[assignment]
+                headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
+            try:
+                response = await self.client.request(
+                    request.method, url, headers=headers, data=data, allow_redirects=False,
+                    auto_decompress=False, compress=False, timeout=client_timeout).__aenter__()
             except Exception as exc:
-                mapped = _aiohttp_error_as_httpx(exc, request)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
-            response.stream = _Stream(response.stream, request)  # type: ignore[arg-type]
-            return response
+                reraise(exc, request)
+            extensions = {"http_version": b"HTTP/1.1"}
+            if response.reason:
+                extensions["reason_phrase"] = response.reason.encode()
+            return httpx.Response(status_code=response.status, headers=response.raw_headers,
+                                  stream=_Stream(response, request), request=request, extensions=extensions)
 
     return _Transport(limits=limits)
 
@@ -355,15 +507,22 @@ class TargetClient:
                               max_keepalive_connections=max_connections if keepalive else 0)
         self._text_ids: dict[str, int | None] = {}  # token text -> id, via /extras/tokenize
         self._tokenize_endpoint: bool | None = None  # None: not tried yet
+        # Without keep-alive, httpx's own transport: it honours "no connection reuse", which
+        # aiohttp's pool does not, and hostile traffic is no throughput path.
+        chosen = transport if transport is not None else (default_transport(limits) if keepalive else None)
         self._http = _Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=headers,
             limits=limits,
-            # Without keep-alive, httpx's own transport: it honours "no connection reuse", which
-            # aiohttp's pool does not, and hostile traffic is no throughput path.
-            transport=transport if transport is not None else (default_transport(limits) if keepalive else None),
+            transport=chosen,
         )
+        # After a stream's [DONE]: read on to its end over aiohttp (leaving httpx's stream
+        # generators suspended costs their finalisation through the event loop); over httpx's
+        # own transport stop there as before, which closes the connection: httpcore's pool costs
+        # more CPU per request with many connections to reuse than a new connection does.
+        over_aiohttp = sys.modules.get("httpx_aiohttp")  # loaded wherever its transport is in use
+        self._drain_after_done = over_aiohttp is not None and isinstance(chosen, over_aiohttp.AiohttpTransport)
 
         self._urls: dict[str, httpx.URL] = {}
         defaults = dict(self._http.headers)
@@ -428,39 +587,38 @@ class TargetClient:
         return result
 
     async def _read_stream(self, resp: httpx.Response, acc: _Accumulator, start: float) -> None:
-        """Read an SSE stream: httpx-sse's event decoder over lines split from the raw bytes
-        (httpx's text and line decoders cost more CPU than the rest of the request)."""
-        decoder, splitter = SSEDecoder(), _SSELines()
-        done = False
+        """Read an SSE stream from the raw bytes (`_SSEData`; httpx's text and line decoders
+        under httpx-sse cost more CPU than the rest of the request)."""
+        events, done, after = _SSEData(), False, 0
         async for chunk in resp.aiter_bytes():
-            done = self._on_lines(splitter.feed(chunk), decoder, acc, start)
-            if done:
-                break
-        else:
-            done = self._on_lines(splitter.close(), decoder, acc, start)
-        if not done:
+            if done:  # reading on to the end (see __init__), a bounded amount
+                after += len(chunk)
+                if after > _MAX_AFTER_DONE:
+                    return
+            else:
+                done = self._on_events(events.feed(chunk), acc, start)
+                if done and not self._drain_after_done:
+                    return
+        if not done and not self._on_events(events.close(), acc, start):
             raise httpx.RemoteProtocolError("stream ended without [DONE]")
 
     @staticmethod
-    def _on_lines(lines: list[str], decoder: SSEDecoder, acc: _Accumulator, start: float) -> bool:
-        """Fold the events these SSE lines complete into the result; True at the stream's `[DONE]`."""
-        for line in lines:
-            event = decoder.decode(line)
-            if event is None:
-                continue
-            if event.data.strip() == "[DONE]":
+    def _on_events(datas: list[bytes], acc: _Accumulator, start: float) -> bool:
+        """Fold these events' data into the result; True at the stream's `[DONE]`."""
+        for data in datas:
+            if data.strip() == b"[DONE]":
                 return True
-            payload = fastjson.loads(event.data)
+            payload = fastjson.loads(data)
             if not isinstance(payload, dict):
-                raise ValueError(f"stream event is not a JSON object: {event.data[:500]}")
+                raise ValueError(f"stream event is not a JSON object: {_excerpt(data)}")
             if "error" in payload and not payload.get("choices"):
-                raise ValueError(f"error event in stream: {event.data[:500]}")
+                raise ValueError(f"error event in stream: {_excerpt(data)}")
+            acc.add(payload)  # first: it refuses choices of the wrong shape
             if acc.result.ttft_s is None and any(
                 (c.get("text") or (c.get("delta") or {}).get("content") or c.get("token_ids"))
                 for c in payload.get("choices") or []
             ):
                 acc.result.ttft_s = time.perf_counter() - start
-            acc.add(payload)
         return False
 
     # --- token ids from text (servers that key logprobs by text) -------------------------------
@@ -541,6 +699,10 @@ class TargetClient:
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
+
+
+def _excerpt(data: bytes) -> str:
+    return data[:500].decode("utf-8", errors="replace")
 
 
 def _failed(status: int | None, error: str, start: float) -> GenerationResult:
