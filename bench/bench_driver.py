@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="harness driver vs vllm bench serve, on the fake server")
     ap.add_argument("--requests", type=int, default=2000, help="requests per cell")
     ap.add_argument("--concurrency", default="1,64,512")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per cell; the median CPU/request is reported")
+    ap.add_argument("--repeats", type=int, default=7, help="runs per cell; the median CPU/request is reported")
     ap.add_argument("--transports", default="default,httpx", help="harness transports to measure")
     ap.add_argument("--scale-users", type=int, default=2000, help="0: no scale run")
     ap.add_argument("--scale-turns", type=int, default=4)

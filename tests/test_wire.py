@@ -1,12 +1,13 @@
-"""Pure logic on the hot path: SSE line splitting, fast JSON, history round trips."""
+"""Pure logic on the hot path: SSE event splitting, logprob reading, fast JSON, history round trips."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+from typing import Any
 
 import pytest
-
 from httpx_sse._decoders import SSEDecoder
 
 from harness import fastjson
@@ -106,29 +107,29 @@ def test_top_logprobs_by_id_skip_text_and_malformed_keys() -> None:
             _by_id({"token_id:12": bad})
 
 
-def test_a_response_that_is_not_a_json_object_is_a_failed_result() -> None:
-    """A 200 whose body (or stream event) is valid JSON but not an object fails the request."""
-    import asyncio
-
+def _generate_against(bodies: dict[bool, bytes]) -> list[Any]:
+    """`generate`'s results, plain and streamed, from a mock server answering 200 with `bodies[stream]`."""
     import httpx
 
     from harness.target.client import GenerationRequest, TargetClient
-
-    bodies = {False: b"[1, 2]", True: b"data: 5\n\ndata: [DONE]\n\n"}
 
     def handler(request: httpx.Request) -> httpx.Response:
         stream = b'"stream":true' in request.content
         return httpx.Response(200, content=bodies[stream],
                               headers={"content-type": "text/event-stream" if stream else "application/json"})
 
-    async def go(stream: bool) -> object:
+    async def go(stream: bool) -> Any:
         async with TargetClient("http://target.invalid", transport=httpx.MockTransport(handler)) as client:
             return await client.generate(GenerationRequest(endpoint="completions", model="m", prompt="p",
                                                            stream=stream))
 
-    for stream in (False, True):
-        result = asyncio.run(go(stream))
-        assert not result.ok and "not a JSON object" in (result.error or ""), result  # type: ignore[attr-defined]
+    return [asyncio.run(go(stream)) for stream in (False, True)]
+
+
+def test_a_response_that_is_not_a_json_object_is_a_failed_result() -> None:
+    """A 200 whose body (or stream event) is valid JSON but not an object fails the request."""
+    for result in _generate_against({False: b"[1, 2]", True: b"data: 5\n\ndata: [DONE]\n\n"}):
+        assert not result.ok and "not a JSON object" in (result.error or ""), result
 
 
 @pytest.mark.parametrize("body", [
@@ -141,24 +142,8 @@ def test_a_response_that_is_not_a_json_object_is_a_failed_result() -> None:
 def test_a_response_of_the_wrong_shape_is_a_failed_result(body: bytes) -> None:
     """Valid JSON whose fields have the wrong types fails that request (status and reason kept),
     streamed or not, instead of raising out of the client and ending the run."""
-    import asyncio
-
-    import httpx
-
-    from harness.target.client import GenerationRequest, TargetClient
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        stream = b'"stream":true' in request.content
-        return httpx.Response(200, content=b"data: " + body + b"\n\ndata: [DONE]\n\n" if stream else body)
-
-    async def go(stream: bool) -> object:
-        async with TargetClient("http://target.invalid", transport=httpx.MockTransport(handler)) as client:
-            return await client.generate(GenerationRequest(endpoint="completions", model="m", prompt="p",
-                                                           stream=stream))
-
-    for stream in (False, True):
-        result = asyncio.run(go(stream))
-        assert not result.ok and result.status == 200 and result.error, result  # type: ignore[attr-defined]
+    for result in _generate_against({False: body, True: b"data: " + body + b"\n\ndata: [DONE]\n\n"}):
+        assert not result.ok and result.status == 200 and result.error, result
 
 
 def test_a_null_logprob_is_recorded_as_missing_on_both_endpoints() -> None:
