@@ -51,6 +51,14 @@ async def _app() -> web.Application:
             for _ in range(64):
                 await resp.write(b": padding " + b"x" * 4096 + b"\n\n")
             await gate.wait()
+        if mode in ("held-open", "cut-after-done"):  # a complete answer, then the stream is held or cut
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(EVENT + b"data: [DONE]\n\n")
+            if mode == "cut-after-done":
+                request.transport.close()  # type: ignore[union-attr]
+                return resp
+            await gate.wait()
         if mode == "drop":  # no response at all
             request.transport.close()  # type: ignore[union-attr]
             await gate.wait()
@@ -125,9 +133,11 @@ async def test_a_dropped_connection_is_a_failed_result(server: str, transport: s
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_bytes_after_done_are_read_only_so_far(server: str, transport: str) -> None:
-    """The client reads on past [DONE] to the end of the stream, but not without end: a server
-    that keeps sending after [DONE] costs a bounded read, and the result is complete."""
+@pytest.mark.parametrize("mode", ["after-done", "held-open", "cut-after-done"])
+async def test_a_stream_that_misbehaves_after_done_has_still_answered(server: str, transport: str, mode: str) -> None:
+    """The client reads on past [DONE] to the end of the stream, within bounds: a server that
+    keeps sending after [DONE], holds the stream open past the client's read timeout, or cuts the
+    connection, has given a complete answer, and the result says so."""
     async with _client(server, transport, timeout_s=5) as client:
-        r = await asyncio.wait_for(client.generate(_req("after-done")), 20)
+        r = await asyncio.wait_for(client.generate(_req(mode)), 30)
     assert r.ok and r.output_token_ids == [7], r

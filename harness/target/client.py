@@ -39,6 +39,7 @@ Endpoint = Literal["completions", "chat"]
 _TOKEN_ID_RE = re.compile(r"^token_id:(-?\d+)$")
 _NAN = float("nan")
 _MAX_AFTER_DONE = 1 << 16  # bytes read past a stream's [DONE] before the stream is left unread
+_DRAIN_AFTER_DONE_S = 1.0  # and seconds waited for its end
 
 
 @dataclass
@@ -589,18 +590,30 @@ class TargetClient:
     async def _read_stream(self, resp: httpx.Response, acc: _Accumulator, start: float) -> None:
         """Read an SSE stream from the raw bytes (`_SSEData`; httpx's text and line decoders
         under httpx-sse cost more CPU than the rest of the request)."""
-        events, done, after = _SSEData(), False, 0
-        async for chunk in resp.aiter_bytes():
-            if done:  # reading on to the end (see __init__), a bounded amount
-                after += len(chunk)
-                if after > _MAX_AFTER_DONE:
-                    return
-            else:
-                done = self._on_events(events.feed(chunk), acc, start)
-                if done and not self._drain_after_done:
-                    return
+        events, done = _SSEData(), False
+        chunks = resp.aiter_bytes()
+        async for chunk in chunks:
+            if self._on_events(events.feed(chunk), acc, start):
+                done = True
+                break
         if not done and not self._on_events(events.close(), acc, start):
             raise httpx.RemoteProtocolError("stream ended without [DONE]")
+        if done and self._drain_after_done:
+            await self._drain(chunks)
+
+    @staticmethod
+    async def _drain(chunks: AsyncIterator[bytes]) -> None:
+        """Read on past [DONE] to the end of the stream (see __init__), within bounds: a server
+        that holds the stream open, sends on or breaks it after [DONE] has still answered."""
+        after = 0
+        try:
+            async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
+                async for chunk in chunks:
+                    after += len(chunk)
+                    if after > _MAX_AFTER_DONE:
+                        return
+        except (TimeoutError, httpx.HTTPError):
+            return
 
     @staticmethod
     def _on_events(datas: list[bytes], acc: _Accumulator, start: float) -> bool:
