@@ -43,7 +43,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from harness.faults import catalog
-from harness.target.client import token_id_of
+from harness.target.client import _by_id, _entries_by_id, token_id_of
 
 GENERATION_PATHS: dict[str, str] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 USER_HEADER = "X-Harness-User"
@@ -271,16 +271,21 @@ class _Tokens:
     def ids(self) -> list[int | None]:
         return [self.id(k) for k in range(len(self.slots))]
 
-    def top(self, k: int) -> dict[int, float]:
+    def _top_raw(self, k: int) -> Any:
+        """Position k's top logprobs as the response holds them: a dict (completions) or a list of
+        entries (chat); empty when missing or of another type."""
         s = self.slots[k]
         lp = self._lp(s.choice)
         if self.endpoint == "completions":
             tops = lp.get("top_logprobs") or []
-            top = tops[s.j] if s.j < len(tops) and isinstance(tops[s.j], dict) else {}
-            return {t: float(v) for key, v in top.items() if (t := token_id_of(key)) is not None and v is not None}
+            return tops[s.j] if s.j < len(tops) and isinstance(tops[s.j], dict) else {}
         content = lp.get("content") or []
-        entries = content[s.j].get("top_logprobs") or [] if s.j < len(content) else []
-        return {t: float(e["logprob"]) for e in entries if (t := token_id_of(e.get("token"))) is not None}
+        return content[s.j].get("top_logprobs") or [] if s.j < len(content) else []
+
+    def top(self, k: int) -> dict[int, float]:
+        """Position k's top logprobs by token id, read as the client reads them."""
+        raw = self._top_raw(k)
+        return _by_id(raw) if self.endpoint == "completions" else _entries_by_id(raw)
 
     def key(self, k: int) -> str | None:
         """How the response names output token k in its logprobs ("token_id:N" or the token's text)."""
@@ -300,15 +305,10 @@ class _Tokens:
 
     def top_keys(self, k: int) -> dict[str, float]:
         """Position k's top logprobs as the response keys them."""
-        s = self.slots[k]
-        lp = self._lp(s.choice)
+        raw = self._top_raw(k)
         if self.endpoint == "completions":
-            tops = lp.get("top_logprobs") or []
-            top = tops[s.j] if s.j < len(tops) and isinstance(tops[s.j], dict) else {}
-            return {key: float(v) for key, v in top.items() if isinstance(key, str) and _finite(v)}
-        content = lp.get("content") or []
-        entries = content[s.j].get("top_logprobs") or [] if s.j < len(content) else []
-        return {e["token"]: float(e["logprob"]) for e in entries
+            return {key: float(v) for key, v in raw.items() if isinstance(key, str) and _finite(v)}
+        return {e["token"]: float(e["logprob"]) for e in raw
                 if isinstance(e, dict) and isinstance(e.get("token"), str) and _finite(e.get("logprob"))}
 
     def by_text(self) -> bool:

@@ -159,6 +159,12 @@ def _by_id(top: dict[str, Any]) -> dict[int, float]:
     return out
 
 
+def _entries_by_id(entries: list[dict[str, Any]]) -> dict[int, float]:
+    """Chat top logprobs (entries of `token` and `logprob`) as {N: logprob}, by `_by_id`'s rule."""
+    return {t: _logprob(e["logprob"]) for e in entries
+            if (t := token_id_of(e.get("token", ""))) is not None and e.get("logprob") is not None}
+
+
 def _logprob(value: object) -> float:
     """A logprob as a float: a number, or a string that float() reads; anything else fails."""
     if value.__class__ is float:
@@ -305,11 +311,8 @@ class _Accumulator:
         logprobs = lp.get("token_logprobs") or ()
         tops = lp.get("top_logprobs") or ()
         n_values, n_tops = len(logprobs), len(tops)
-        memo = _ID_OF_KEY
         for i, tok in enumerate(tokens):
-            tid = memo.get(tok) if tok.__class__ is str else None
-            if tid is None:
-                tid = token_id_of(tok)
+            tid = token_id_of(tok)
             if tid is not None:
                 self._ids_from_logprobs.append(tid)
             value = logprobs[i] if i < n_values else None
@@ -329,9 +332,7 @@ class _Accumulator:
                 self._ids_from_logprobs.append(tid)
             value = entry.get("logprob")
             r.token_logprobs.append(_logprob(value) if value is not None else _NAN)  # null: missing
-            r.top_logprobs.append(
-                {t: _logprob(e["logprob"]) for e in entry.get("top_logprobs") or []
-                 if (t := token_id_of(e.get("token", ""))) is not None and e.get("logprob") is not None})
+            r.top_logprobs.append(_entries_by_id(entry.get("top_logprobs") or []))
             if tid is None and isinstance(entry.get("token"), str):
                 self.token_texts.append(entry["token"])
                 self.top_texts.append({e["token"]: _logprob(e["logprob"]) for e in entry.get("top_logprobs") or []
