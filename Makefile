@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 
 # Builds the tiny embedded model once (a no-op when the cache already holds this recipe).
 model: $(STAMP)
-	$(PY) -m harness.target.embedded_model >/dev/null
+	$(PY) -m harness.testmodel.embedded_model >/dev/null
 
 # The second serving stack (docs/llamacpp.md): llama-cpp-python with its server extra, built from
 # source (about 5 minutes on a 2-core machine), and the GGUF conversion script from the same sdist,
@@ -45,7 +45,7 @@ $(LLAMA_STAMP): | $(STAMP)
 	test -f $(LLAMA_SDIST) || $(PY) -m pip download -q --no-deps --no-binary :all: 'llama-cpp-python==$(LLAMA_CPP_VERSION)' -d $(LLAMA_CACHE)
 	$(PY) -c 'import llama_cpp.server, sys; sys.exit(llama_cpp.__version__ != "$(LLAMA_CPP_VERSION)")' 2>/dev/null \
 	  || $(PY) -m pip install -q 'llama-cpp-python[server] @ file://$(abspath $(LLAMA_SDIST))'
-	$(PY) -c 'import llama_cpp, llama_cpp.server; from harness.target.llamacpp import ensure_converter; ensure_converter()'
+	$(PY) -c 'import llama_cpp, llama_cpp.server; from harness.stacks.llamacpp import ensure_converter; ensure_converter()'
 	touch $@
 
 serve: setup

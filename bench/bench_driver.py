@@ -68,7 +68,7 @@ def harness_cell(p: dict[str, Any]) -> dict[str, Any]:
     from harness.driver.driver import RunSpec, TargetDown, drive_run
     from harness.history.record import History, HistoryWriter
     from harness.scenario.render import make_nonce, plan_scenario
-    from harness.target.client import TargetClient
+    from harness.client.http import TargetClient
 
     base_rss = _rss_mb()
     sc = _scenario(p["users"], p["turns"], p["concurrency"], p["interleaving"], p["stream"], p["endpoint"],
@@ -195,12 +195,12 @@ def run_cell(kind: str, params: dict[str, Any], timeout_s: float = 1800) -> dict
 
 def embedded_tokenizer() -> str:
     """The embedded model's folder (built if need be): `vllm bench serve` takes its tokenizer."""
-    proc = subprocess.run([sys.executable, "-m", "harness.target.embedded_model"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "harness.testmodel.embedded_model"], cwd=ROOT, capture_output=True,
                           text=True, check=True)
     for line in proc.stdout.splitlines():
         if line.strip() and (Path(line.strip()) / "tokenizer.json").is_file():
             return line.strip()
-    raise RuntimeError(f"no model folder in the output of harness.target.embedded_model: {proc.stdout[-500:]}")
+    raise RuntimeError(f"no model folder in the output of harness.testmodel.embedded_model: {proc.stdout[-500:]}")
 
 
 def _median_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,23 +25,24 @@ from harness import __version__
 from harness.checks.base import CheckContext, run_checks
 from harness.checks.compare import DEFAULT_TOLERANCE
 from harness.driver.adversary import Case, build_cases, health_op, run_adversary
-from harness.driver.driver import DriverOptions, Isolation, RunSpec, TargetDown, drive_run, now
+from harness.driver.driver import DriverOptions, RunSpec, TargetDown, drive_run, now
 from harness.history.record import History, HistoryWriter, MetricsSnapshot
 from harness.known import KnownFinding, apply_known, load_known_findings
-from harness.oracle.plans import plan_runs
-from harness.reports.console import print_summary
-from harness.reports.json_report import write_json
-from harness.reports.html import write_html
-from harness.reports.junit import write_junit
-from harness.reports.reproducer import write_reproducer
+from harness.plan.plans import plan_runs
+from harness.reporters.console import print_summary
+from harness.reporters.json_report import write_json
+from harness.reporters.html import write_html
+from harness.reporters.junit import write_junit
+from harness.reporters.reproducer import write_reproducer
 from harness.scenario.io import ScenarioError, load_scenarios
 from harness.scenario.model import Scenario
 from harness.scenario.render import make_nonce
-from harness.target.client import TargetClient
-from harness.target.embedded import EmbeddedServer, LaunchError
-from harness.target.llamacpp import LlamaCppServer
-from harness.target.resolve import ResolveError, resolve_models, split_models
-from harness.target.capabilities import Capabilities, ProbeError, parse_prefix_cache_metrics, probe
+from harness.client.http import TargetClient
+from harness.stacks.vllm import EmbeddedServer, LaunchError
+from harness.stacks.llamacpp import LlamaCppServer
+from harness.plan.resolve import ResolveError, resolve_models, split_models
+from harness.probe.capabilities import ProbeError, parse_prefix_cache_metrics
+from harness.probe.needs import probe_target, solo_isolation
 from harness.verdict import CheckResult, Verdict, overall
 
 
@@ -135,27 +136,6 @@ async def _drive_scenarios(client: TargetClient, hostile: TargetClient, scenario
             if cases:
                 writer.append(await health_op(client, sc, base_model))
         writer.append(await _metrics_snapshot(client, "after"))
-
-
-async def probe_target(client: TargetClient) -> Capabilities:
-    """The capability probe as a run takes it. Salts leave the shared cache alone; only a target
-    without working salts gets its cache reset (to verify the reset fallback of the solo oracle)."""
-    caps = await probe(client, allow_reset=False)
-    if not caps.cache_salt_effective.available:
-        caps = await probe(client, allow_reset=True)
-    return caps
-
-
-def solo_isolation(caps: Capabilities, can_restart: bool = False) -> Isolation:
-    """How the solo replay avoids cache reuse: a fresh salt, else a reset, else (when the harness
-    launched the server) a fresh server process per request, else it may run warm."""
-    if caps.cache_salt_effective.available:
-        return "salt"
-    if caps.cache_reset.available:
-        return "reset"
-    if can_restart:
-        return "restart"
-    return "warm"
 
 
 async def _metrics_snapshot(client: TargetClient, label: str) -> MetricsSnapshot:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.target.embedded import EmbeddedServer
+from harness.stacks.vllm import EmbeddedServer
 
 
 @pytest.fixture(scope="session")

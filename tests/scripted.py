@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from harness.target.embedded import free_port
+from harness.stacks.vllm import free_port
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from harness.scenario.words import draw_words
-from harness.target.client import Endpoint, GenerationRequest, TargetClient
-from harness.target.embedded import free_port
+from harness.client.http import Endpoint, GenerationRequest, TargetClient
+from harness.stacks.vllm import free_port
 
 MODEL = "tiny-llama"
 ENDPOINTS: list[Endpoint] = ["completions", "chat"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from harness.checks.compare import DEFAULT_TOLERANCE
-from harness.cli import main
-from harness.commands import run as run_cmd
-from harness.config import RUN_DEFAULTS, ConfigError, FileConfig, find_config, load_config, merge
+from harness.frontends.cli import main
+from harness.frontends.commands import run as run_cmd
+from harness.frontends.config import RUN_DEFAULTS, ConfigError, FileConfig, find_config, load_config, merge
 from harness.pipeline import RunConfig
 from harness.verdict import Verdict
 
@@ -181,8 +181,8 @@ def test_merge_order() -> None:
 
 
 def test_every_key_mirrors_a_flag_of_harness_run() -> None:
-    from harness.cli import build_parser
-    from harness.config import KEYS
+    from harness.frontends.cli import build_parser
+    from harness.frontends.config import KEYS
 
     sub = next(a for a in build_parser()._subparsers._group_actions)  # type: ignore[union-attr]
     flags = {o.lstrip("-") for a in sub.choices["run"]._actions for o in a.option_strings if o.startswith("--")}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cli import build_parser
+from harness.frontends.cli import build_parser
 from harness.scenario.io import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +240,7 @@ def test_gpu_harness_settings_file_lists_every_scenario_that_needs_no_adapter() 
     mount = next(v for v in harness["volumes"] if v.endswith(":/app/isolation.toml:ro"))
     toml_path = DOCKER / mount.split(":")[0]
     settings = tomllib.loads(toml_path.read_text())
-    from harness.config import parse_table
+    from harness.frontends.config import parse_table
 
     parse_table(settings, str(toml_path), Path("/app"))  # every key is one `harness run` knows
     listed = {Path(p).name for p in settings["scenario"]}
@@ -292,7 +292,7 @@ def test_guide_yaml_snippets_parse_and_upload_the_report() -> None:
 
 
 def test_guide_toml_snippets_use_only_known_keys() -> None:
-    from harness.config import parse_table
+    from harness.frontends.config import parse_table
 
     blocks = [tomllib.loads(b) for b in _blocks("toml")]
     assert len(blocks) == 2
@@ -309,6 +309,6 @@ def test_guide_commands_parse_with_the_real_cli() -> None:
         parser.parse_args(argv)
     for block in _blocks("python"):
         compile(block, "docs/integrations.md", "exec")
-    plugin = (ROOT / "harness" / "pytest_plugin.py").read_text()
+    plugin = (ROOT / "harness" / "frontends" / "pytest_plugin.py").read_text()
     for opt in set(re.findall(r"--isolation-[a-z-]+", (ROOT / "docs" / "integrations.md").read_text())):
         assert f'"{opt}"' in plugin, opt

@@ -20,13 +20,13 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-import harness.explore as ex
-from harness.cli import main
-from harness.explore import ExploreConfig, explore, reductions, replay
+import harness.frontends.explore as ex
+from harness.frontends.cli import main
+from harness.frontends.explore import ExploreConfig, explore, reductions, replay
 from harness.pipeline import RunOutcome
 from harness.scenario.io import dump_scenario, load_scenario, parse_scenario
 from harness.scenario.model import Scenario
-from harness.strategies import (BLOCK_TOKENS, boundary_words, expects_cross_user_hits, scenario_hash, scenarios,
+from harness.scenario.strategies import (BLOCK_TOKENS, boundary_words, expects_cross_user_hits, scenario_hash, scenarios,
                                 shared_tokens)
 from harness.verdict import Verdict
 

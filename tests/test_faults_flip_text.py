@@ -23,7 +23,7 @@ from aiohttp import web
 from harness.faults import catalog
 from harness.faults.proxy import FaultProxy
 from harness.scenario.words import word_pool
-from harness.target.client import GenerationRequest, TargetClient
+from harness.client.http import GenerationRequest, TargetClient
 from tests.scripted import serve_app
 
 TOKENS = [" a", " bb", " ccc", " dddd"]

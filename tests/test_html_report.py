@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main as cli_main
+from harness.frontends.cli import main as cli_main
 from harness.faults.proxy import FaultProxy
 from harness.history.record import HistoryWriter, Operation, RunInfo
 from harness.pipeline import RunConfig, run_isolation
-from harness.reports.html import shared_prefixes, write_html, write_selftest_html
-from harness.reports.json_report import report_dict
-from harness.reports.reproducer import curl_command
+from harness.reporters.html import shared_prefixes, write_html, write_selftest_html
+from harness.reporters.json_report import report_dict
+from harness.reporters.reproducer import curl_command
 from harness.verdict import CheckResult, Verdict, Violation
 
 LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
@@ -223,7 +223,7 @@ def test_report_command_rerenders_and_rejects(tmp_path: Path, capsys: pytest.Cap
 
 def test_render_bug_keeps_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline's call falls back to an error page (the verdict survives); `harness report` raises."""
-    import harness.reports.html as html
+    import harness.reporters.html as html
 
     synth_folder(tmp_path)
     monkeypatch.setattr(html, "build_cache", lambda history: 1 / 0)

@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.target.embedded import EmbeddedServer, LaunchError, port_in_use
-from harness.target.embedded_model import build
+from harness.stacks.vllm import EmbeddedServer, LaunchError, port_in_use
+from harness.testmodel.embedded_model import build
 
 
 def _live_members(pgid: int) -> list[psutil.Process]:

@@ -26,17 +26,18 @@ from pathlib import Path
 
 import pytest
 
-from harness.target.llamacpp import LlamaCppServer, build_gguf, gguf_path_for, llama_cpp_available
+from harness.stacks.llamacpp import LlamaCppServer, build_gguf, gguf_path_for, llama_cpp_available
 
 import httpx
 
 from harness.faults.catalog import FLIP_MIN_MARGIN
 from harness.faults.proxy import FaultProxy
-from harness.pipeline import RunConfig, run_isolation, solo_isolation
-from harness.target.capabilities import probe
-from harness.target.client import GenerationRequest, TargetClient
-from harness.target.embedded import LaunchError
-from harness.target.embedded_model import build
+from harness.pipeline import RunConfig, run_isolation
+from harness.probe.needs import solo_isolation
+from harness.probe.capabilities import probe
+from harness.client.http import GenerationRequest, TargetClient
+from harness.stacks.vllm import LaunchError
+from harness.testmodel.embedded_model import build
 from harness.verdict import Verdict
 
 _OK, _WHY = llama_cpp_available()
@@ -312,7 +313,7 @@ def _servers_on(port: int) -> list[int]:
 def test_serve_stack_llama_cpp_stops_on_sigterm(when: str, tmp_path: Path) -> None:
     """`harness serve --stack llama-cpp` serves, and a SIGTERM (once ready, or during start-up)
     stops the server's whole process group: no orphan holds the port."""
-    from harness.target.embedded import free_port, port_in_use
+    from harness.stacks.vllm import free_port, port_in_use
 
     port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent / "harness"), "serve", "--stack", "llama-cpp",

@@ -21,8 +21,8 @@ from harness.history.record import HistoryWriter
 from harness.pipeline import RunConfig, run_isolation
 from harness.scenario.io import load_scenario
 from harness.scenario.render import make_nonce, plan_scenario
-from harness.target.client import TargetClient
-from harness.target.llamacpp import llama_cpp_available
+from harness.client.http import TargetClient
+from harness.stacks.llamacpp import llama_cpp_available
 from harness.verdict import Verdict
 
 _OK, _WHY = llama_cpp_available()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness.scenario.words import word_pool
-from harness.target import sensitivity as sn
-from harness.target.embedded_model import ADAPTER_NAMES, ModelRecipe, SPECIAL_TOKENS, adapter_dirs, build
+from harness.testmodel import sensitivity as sn
+from harness.testmodel.embedded_model import ADAPTER_NAMES, ModelRecipe, SPECIAL_TOKENS, adapter_dirs, build
 
 SERVER_TRIALS = 20
 

@@ -14,7 +14,7 @@ import pytest
 
 from harness.faults.proxy import FaultProxy
 from harness.pipeline import RunOutcome
-from harness.pytest_plugin import IsolationFailure, assert_isolated, format_outcome, scenario_paths
+from harness.frontends.pytest_plugin import IsolationFailure, assert_isolated, format_outcome, scenario_paths
 from harness.scenario.io import ScenarioError, parse_scenario
 from harness.verdict import CheckResult, Verdict, Violation
 
@@ -50,8 +50,8 @@ def test_tenants_are_isolated(run_scenario):
 
 def _plugin_args() -> list[str]:
     """Nothing when the pytest11 entry point is installed (the normal case); else load it by name."""
-    installed = any(ep.value == "harness.pytest_plugin" for ep in entry_points(group="pytest11"))
-    return [] if installed else ["-p", "harness.pytest_plugin"]
+    installed = any(ep.value == "harness.frontends.pytest_plugin" for ep in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "harness.frontends.pytest_plugin"]
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +69,7 @@ def _team_project(pytester: pytest.Pytester) -> None:
 
 def test_entry_point_is_declared() -> None:
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert '[project.entry-points.pytest11]\nharness = "harness.pytest_plugin"' in text
+    assert '[project.entry-points.pytest11]\nharness = "harness.frontends.pytest_plugin"' in text
 
 
 # --- with the real server -------------------------------------------------------------------------
@@ -174,9 +174,9 @@ class _FakeServer:
 
 def test_without_a_target_the_embedded_server_starts_once_per_session(pytester: pytest.Pytester,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.target.embedded
+    import harness.stacks.vllm
 
-    monkeypatch.setattr(harness.target.embedded, "EmbeddedServer", _FakeServer)
+    monkeypatch.setattr(harness.stacks.vllm, "EmbeddedServer", _FakeServer)
     monkeypatch.setattr(_FakeServer, "starts", 0)
     monkeypatch.setattr(_FakeServer, "stops", 0)
     pytester.makepyfile("""
@@ -193,7 +193,7 @@ def test_without_a_target_the_embedded_server_starts_once_per_session(pytester: 
 
 def test_marker_options_and_call_options_reach_the_run(pytester: pytest.Pytester,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.pytest_plugin as plugin
+    import harness.frontends.pytest_plugin as plugin
 
     seen: list = []
 

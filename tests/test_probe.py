@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.cli import main
-from harness.target.capabilities import Capabilities, probe, request_fields
-from harness.target.client import TargetClient
-from harness.target.embedded_model import ADAPTER_NAMES
+from harness.frontends.cli import main
+from harness.probe.capabilities import Capabilities, probe, request_fields
+from harness.client.http import TargetClient
+from harness.testmodel.embedded_model import ADAPTER_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -39,12 +39,12 @@ from hypothesis import strategies as st
 
 from harness.checks.compare import compare_tokens
 from harness.checks.exercised import common_prefix_len
-from harness.explore import FOUND_DIR, replay, run_scenario
+from harness.frontends.explore import FOUND_DIR, replay, run_scenario
 from harness.history.record import Operation, read_history
 from harness.scenario.io import load_scenario
 from harness.scenario.model import Scenario, Schedule, Tenant, User
 from harness.scenario.render import make_nonce
-from harness.strategies import SHARED_TOPOLOGIES, schedules, scenarios, with_expectation
+from harness.scenario.strategies import SHARED_TOPOLOGIES, schedules, scenarios, with_expectation
 from harness.verdict import Verdict
 
 settings.register_profile(

@@ -20,12 +20,12 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from harness.cli import main as cli_main
+from harness.frontends.cli import main as cli_main
 from harness.faults import catalog
 from harness.faults.proxy import FaultProxy
 from harness.scenario.words import draw_words
-from harness.target.client import Endpoint, GenerationRequest, GenerationResult, TargetClient
-from harness.target.embedded import free_port
+from harness.client.http import Endpoint, GenerationRequest, GenerationResult, TargetClient
+from harness.stacks.vllm import free_port
 from tests.scripted import serve_app
 
 MODEL = "tiny-llama"

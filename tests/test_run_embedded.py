@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from harness.frontends.cli import main
 from harness.history.record import Operation, read_history
 from harness.pipeline import RunConfig, run_isolation
-from harness.target.embedded import EmbeddedServer
+from harness.stacks.vllm import EmbeddedServer
 from harness.verdict import Verdict
 
 LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"

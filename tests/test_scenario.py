@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.oracle.plans import counterfactual_variants
+from harness.plan.plans import counterfactual_variants
 from harness.scenario.io import ScenarioError, dump_scenario, load_scenarios, parse_scenario
 from harness.scenario.render import plan_scenario, prefix_text
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main as cli_main
-from harness.commands import selftest as st
+from harness.frontends.cli import main as cli_main
+from harness.frontends.commands import selftest as st
 from harness.faults.catalog import BENIGN_NAMES, CATALOG, CHECK_NEEDS, FAULT_NAMES, NEEDS
 from harness.pipeline import RunOutcome
-from harness.reports.html import render_selftest_html
-from harness.target.capabilities import Capabilities, Capability
+from harness.reporters.html import render_selftest_html
+from harness.probe.capabilities import Capabilities, Capability
 from harness.verdict import CheckResult, Verdict
 
 # What the probe finds on llama-cpp-python 0.3.36 (docs/llamacpp.md) and on the embedded vLLM.

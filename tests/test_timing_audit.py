@@ -14,7 +14,7 @@ from harness.audit.timing import (
     ATTACKER, CACHED_CHECK, TIMING_CHECK, VICTIM, AuditConfig, AuditResult, Round, Sample, judge_cached,
     judge_timing,
 )
-from harness.cli import main
+from harness.frontends.cli import main
 from harness.faults.proxy import FaultProxy
 from harness.verdict import Verdict
 

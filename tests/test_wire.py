@@ -12,7 +12,7 @@ from httpx_sse._decoders import SSEDecoder
 
 from harness import fastjson
 from harness.history.record import Operation, _from_json, _to_json
-from harness.target.client import _by_id, _SSEData
+from harness.client.http import _by_id, _SSEData
 
 STREAM = (b'data: {"a": 1}\r\n\r\n'
           b'event: ping\n: a comment\ndata: {"b":\ndata: 2}\n\n'
@@ -111,7 +111,7 @@ def _generate_against(bodies: dict[bool, bytes]) -> list[Any]:
     """`generate`'s results, plain and streamed, from a mock server answering 200 with `bodies[stream]`."""
     import httpx
 
-    from harness.target.client import GenerationRequest, TargetClient
+    from harness.client.http import GenerationRequest, TargetClient
 
     def handler(request: httpx.Request) -> httpx.Response:
         stream = b'"stream":true' in request.content
@@ -147,7 +147,7 @@ def test_a_response_of_the_wrong_shape_is_a_failed_result(body: bytes) -> None:
 
 
 def test_a_null_logprob_is_recorded_as_missing_on_both_endpoints() -> None:
-    from harness.target.client import _Accumulator
+    from harness.client.http import _Accumulator
 
     completions = _Accumulator("completions")
     completions.add({"choices": [{"index": 0, "text": " a", "logprobs": {

@@ -31,15 +31,16 @@ from harness.audit.stats import (
 )
 from harness.scenario.render import make_nonce, words_text
 from harness.scenario.words import draw_words
-from harness.target.client import GenerationRequest, TargetClient
-from harness.target.resolve import split_models
+from harness.checks import side_channels
+from harness.client.http import GenerationRequest, TargetClient
+from harness.plan.resolve import split_models
 from harness.verdict import CheckResult, Verdict, Violation, overall
 
 POLICIES: tuple[str, ...] = ("salted", "shared-prefix")
 VICTIM, ATTACKER = "victim", "attacker"
 SCENARIO = "audit-timing"
-TIMING_CHECK = "timing-side-channel"
-CACHED_CHECK = "cached-tokens-side-channel"
+TIMING_CHECK = side_channels.TIMING.name
+CACHED_CHECK = side_channels.CACHED_TOKENS.name
 
 
 @dataclass
@@ -309,8 +310,7 @@ def judge_timing(look: Look | None, policy: str, plan: SequentialPlan, errors: l
     """Salted: probe indistinguishable from a miss while the control is detected -> PASS; control
     not detected or A/A rejected -> UNKNOWN; probe detected -> FAIL. Shared-prefix: the same
     measurement is a finding (PASS, or UNKNOWN without power), never a FAIL."""
-    desc = ("Under the salted policy the attacker's time to first token for the victim's exact prompt "
-            "must not differ from a fresh prompt's, next to a same-tenant hit that does.")
+    desc = side_channels.TIMING.description
     res = CheckResult(TIMING_CHECK, Verdict.UNKNOWN, description=desc)
     if look is None:
         res.notes.append(f"too few complete rounds to test (need {plan.min_probes} per arm)"
@@ -365,8 +365,7 @@ def judge_timing(look: Look | None, policy: str, plan: SequentialPlan, errors: l
 def judge_cached(result: AuditResult, policy: str) -> CheckResult:
     """Under salted, the attacker's probe must never report cached tokens for the victim's prompt
     (one such response is a FAIL); the same-tenant control shows the field can report hits."""
-    desc = ("Under the salted policy the attacker's request with the victim's exact prompt must report "
-            "no cached tokens.")
+    desc = side_channels.CACHED_TOKENS.description
     res = CheckResult(CACHED_CHECK, Verdict.UNKNOWN, description=desc)
     rounds = result.counted
     if not rounds:

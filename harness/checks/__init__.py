@@ -1,3 +1,12 @@
 """Named checks; importing this package registers them (see harness.checks.base.REGISTRY)."""
 
-from harness.checks import accounting, availability, canary, counters, exercised, isolation, requests  # noqa: F401
+from harness.checks import (  # noqa: F401
+    accounting,
+    availability,
+    canary,
+    counters,
+    exercised,
+    isolation,
+    requests,
+    side_channels,
+)

@@ -1,6 +1,6 @@
 """`cache-accounting`: every cache hit is explained by a request of the same cache domain.
 
-Black-box, from the history alone (DESIGN.md, "Cache accounting"): a request's cached-token count
+Black-box, from the history alone (docs/design.md, "Cache accounting"): a request's cached-token count
 may not exceed the longest common token prefix it shares with some other request of the same
 domain (model or adapter, cache salt) that the server had seen or was running, counting that
 request's prompt and generated tokens, rounded down to the block size. An unexplained hit is a
@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import reduce
 from math import gcd
 
-from harness.checks.base import CheckContext, check
+from harness.checks.base import CheckContext, Need, check
 from harness.checks.exercised import common_prefix_len
 from harness.history.record import History, Operation
 from harness.verdict import CheckResult, Verdict, Violation
@@ -157,7 +157,8 @@ class _PrefixIndex:
         return source is not None and source.user != op.user
 
 
-@check("cache-accounting", "every cached-token count is explained by a same-domain (model, salt) shared prefix")
+@check("cache-accounting", "every cached-token count is explained by a same-domain (model, salt) shared prefix",
+       needs=(Need.CACHED_TOKENS,))
 def accounting(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
     ops = [o for o in history.ops if o.ok]

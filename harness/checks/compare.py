@@ -1,4 +1,4 @@
-"""The comparison rule for two generations of the same request (DESIGN.md, "Comparing").
+"""The comparison rule for two generations of the same request (docs/design.md, "Comparing").
 
 Tokens are compared by id, never by text. At the first divergent position the divergence is
 benign numeric drift only if each side's token is in the other's top logprobs and the reference

@@ -9,12 +9,13 @@ then not applicable (noted), and does not decide the run.
 
 from __future__ import annotations
 
-from harness.checks.base import CheckContext, check
+from harness.checks.base import CheckContext, Need, check
 from harness.history.record import History
 from harness.verdict import CheckResult, Verdict, Violation
 
 
-@check("server-counters", "the Prometheus prefix-cache hit counter agrees with the sum of per-request cached tokens")
+@check("server-counters", "the Prometheus prefix-cache hit counter agrees with the sum of per-request cached tokens",
+       needs=(Need.PREFIX_METRICS, Need.CACHED_TOKENS))
 def counters(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
     snaps = {m.label: m for m in history.metrics}

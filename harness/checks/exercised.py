@@ -10,7 +10,7 @@ for the requests that report a hit.
 
 from __future__ import annotations
 
-from harness.checks.base import CheckContext, check
+from harness.checks.base import CheckContext, Need, check
 from harness.history.record import History, Operation
 from harness.verdict import CheckResult, Verdict
 
@@ -63,7 +63,8 @@ def _cross_user_hits(conv: list[Operation]) -> int:
     return hits
 
 
-@check("exercised", "cache was reused across users wherever the scenario shares prefixes (else UNKNOWN)")
+@check("exercised", "cache was reused across users wherever the scenario shares prefixes (else UNKNOWN)",
+       needs=(Need.CACHED_TOKENS,))
 def exercised(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.PASS)
     required = {i.scenario for i in history.runs if i.run == "main" and i.requires_cross_user_hits}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from harness.checks.base import CheckContext, check
+from harness.checks.base import CheckContext, Need, check
 from harness.checks.compare import compare_tokens
 from harness.history.record import History, Operation
 from harness.verdict import CheckResult, Verdict, Violation
@@ -70,7 +70,8 @@ def _decide(result: CheckResult, what: str) -> CheckResult:
 
 
 @check("counterfactual-isolation",
-       "a user's outputs do not change when other users' private content is re-drawn (shared prefixes kept)")
+       "a user's outputs do not change when other users' private content is re-drawn (shared prefixes kept)",
+       needs=(Need.TOKEN_IDS,), compares_outputs=True)
 def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
     runs_of: dict[str, list] = {}  # one pass over the runs, not one per scenario
@@ -89,7 +90,8 @@ def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
 
 
 @check("cache-transparency",
-       "each conversation replayed alone with no cache reuse gives the same tokens as in the busy run")
+       "each conversation replayed alone with no cache reuse gives the same tokens as in the busy run",
+       needs=(Need.TOKEN_IDS, Need.COLD_REFERENCE), compares_outputs=True)
 def transparency(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
     warm = []

@@ -22,7 +22,7 @@ from harness.driver.driver import now
 from harness.history.record import HistoryWriter, Operation
 from harness.scenario.model import Scenario
 from harness.scenario.render import UserPlan
-from harness.target.client import GenerationRequest, TargetClient
+from harness.client.http import GenerationRequest, TargetClient
 
 # Fields whose hostile values are also other tenants' identifiers.
 IDENTITY_FIELDS = ("cache_salt", "user", "request_id", "session_id", "model")

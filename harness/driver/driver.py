@@ -19,14 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from harness.probe.needs import Isolation
 
 from harness.history.record import HistoryWriter, Operation, RunInfo
 from harness.scenario.model import Scenario
 from harness.scenario.render import UserPlan, request_seed
-from harness.target.client import GenerationRequest, GenerationResult, TargetClient
+from harness.client.http import GenerationRequest, GenerationResult, TargetClient
 
-Isolation = Literal["shared", "salt", "reset", "restart", "warm"]
 _EPOCH = time.monotonic()  # one clock for every run of a process, so histories order across runs
 
 

@@ -53,7 +53,7 @@ NEEDS: dict[str, str] = {
     "prefix-metrics": "prefix-cache counters on /metrics",
 }
 """The capabilities a fault or check may need, each derived from the capability probe
-(`harness.commands.selftest.offered`)."""
+(`harness.frontends.commands.selftest.offered`)."""
 
 CHECK_NEEDS: dict[str, tuple[str, ...]] = {
     "counterfactual-isolation": ("token-ids",),

@@ -43,7 +43,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from harness.faults import catalog
-from harness.target.client import _by_id, _entries_by_id, token_id_of
+from harness.client.http import _by_id, _entries_by_id, token_id_of
 
 GENERATION_PATHS: dict[str, str] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 USER_HEADER = "X-Harness-User"

@@ -1,14 +1,18 @@
 """The history: an append-only record of every operation, saved as JSONL.
 
-Two record types: `RunInfo` (one per driven run: scenario, nonce, which user content variant each
-user had, canaries, the cache-isolation mode of a replay) and `Operation` (one per request, with
-invoke/complete times and everything the client returned). Every check reads only these.
+Record kinds (docs/design.md, "History"): a `HistoryHeader` first (the schema version),
+`RunInfo` (one per driven run: scenario, nonce, which user content variant each user had,
+canaries, the cache-isolation mode of a replay), `Operation` (one per request, with invoke/complete
+times and everything the client returned), `MetricsSnapshot`, and the kinds for what happens to
+the server rather than through it: `FaultInjection`, `NemesisAction`, `Incident`, `CalibrationRun`
+and `TriageReplay`. Every check reads only these. A file without a header is schema version 1.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
@@ -16,7 +20,49 @@ from typing import Any, BinaryIO, Iterable
 from harness import fastjson
 from harness.fastjson import all_finite
 
-from harness.target.client import GenerationResult
+
+
+SCHEMA_VERSION = 2
+"""Version 2 added the header and the fault, nemesis, incident, calibration and triage kinds; a
+version 1 file (no header) reads the same otherwise."""
+
+
+class HistorySchemaError(ValueError):
+    """A history file this version of the harness cannot read (newer schema, or not a history)."""
+
+
+class Role(str, Enum):
+    """What a run is for; `RunInfo.run` names the run ("cf-2"), its role says what it is."""
+
+    MAIN = "main"
+    COUNTERFACTUAL = "counterfactual"
+    SOLO = "solo"
+    ADVERSARY = "adversary"
+    ADVERSARY_ALONE = "adversary-alone"
+
+    @classmethod
+    def of_run(cls, run: str) -> "Role":
+        """The role of a run name as the planner gives them ("main", "cf-N", "solo", "adversary...")."""
+        if run.startswith("cf-"):
+            return cls.COUNTERFACTUAL
+        if run == cls.ADVERSARY_ALONE.value:
+            return cls.ADVERSARY_ALONE
+        if run.startswith("adversary"):
+            return cls.ADVERSARY
+        return cls(run)
+
+    @property
+    def hostile(self) -> bool:
+        return self in (Role.ADVERSARY, Role.ADVERSARY_ALONE)
+
+
+@dataclass
+class HistoryHeader:
+    """The first record of a history file: which schema the rest follows."""
+
+    schema_version: int = SCHEMA_VERSION
+    harness_version: str = ""
+    kind: str = "header"
 
 
 @dataclass
@@ -71,10 +117,15 @@ class Operation:
     kind: str = "op"
 
     @classmethod
-    def from_result(cls, result: GenerationResult, **meta: Any) -> "Operation":
-        # Shallow: the result's lists become the operation's (asdict deep-copies every token and
-        # logprob, which cost more CPU per request than the HTTP client).
+    def from_result(cls, result: object, **meta: Any) -> "Operation":
+        """An operation from a client result (any dataclass with the same field names) and the
+        driver's metadata. Shallow: the result's lists become the operation's (asdict deep-copies
+        every token and logprob, which cost more CPU per request than the HTTP client)."""
         return cls(**meta, **{k: getattr(result, k) for k in _shared_fields(cls, type(result))})
+
+    @property
+    def role(self) -> Role:
+        return Role.of_run(self.run)
 
 
 @dataclass
@@ -88,7 +139,73 @@ class MetricsSnapshot:
     kind: str = "metrics"
 
 
-Record = RunInfo | Operation | MetricsSnapshot
+@dataclass
+class FaultInjection:
+    """The fault proxy changed a request or response (or injected an error) for one operation."""
+
+    fault: str
+    at_s: float
+    op_id: str | None  # the harness operation whose traffic was changed (X-Harness-Op), if known
+    user: str | None = None
+    tenant: str | None = None
+    action: str = ""  # what was done, in words: "swapped the response with op ...", "HTTP 503"
+    details: dict[str, Any] = field(default_factory=dict)
+    kind: str = "fault"
+
+
+@dataclass
+class NemesisAction:
+    """Something the harness did to the server while clients ran (cache reset, adapter reload, ...)."""
+
+    nemesis: str
+    at_s: float
+    action: str
+    took_effect: bool = True
+    details: dict[str, Any] = field(default_factory=dict)
+    kind: str = "nemesis"
+
+
+@dataclass
+class Incident:
+    """A loss of service during the run: a server death, connection loss, timeout or run of 5xx,
+    with the operations that were in flight."""
+
+    what: str  # "server-died" | "connection-lost" | "timeout" | "5xx-run"
+    at_s: float
+    in_flight: list[str] = field(default_factory=list)  # op ids
+    caused_by_harness: bool = False  # a restart or kill the harness's own nemesis/fleet test made
+    message: str = ""
+    kind: str = "incident"
+
+
+@dataclass
+class CalibrationRun:
+    """A repeat of the same traffic used to measure the target's own noise (A/A runs)."""
+
+    run: str
+    scenario: str
+    repeat: int
+    note: str = ""
+    kind: str = "calibration"
+
+
+@dataclass
+class TriageReplay:
+    """A replay of requests that were in flight at an incident, to see whether they reproduce it."""
+
+    incident_at_s: float
+    op_ids: list[str]
+    reproduced: bool
+    note: str = ""
+    kind: str = "triage"
+
+
+Event = FaultInjection | NemesisAction | Incident | CalibrationRun | TriageReplay
+Record = HistoryHeader | RunInfo | Operation | MetricsSnapshot | Event
+_EVENT_KINDS: dict[str, type] = {
+    "header": HistoryHeader, "run": RunInfo, "metrics": MetricsSnapshot, "fault": FaultInjection,
+    "nemesis": NemesisAction, "incident": Incident, "calibration": CalibrationRun, "triage": TriageReplay,
+}
 
 
 @lru_cache(maxsize=None)
@@ -123,10 +240,17 @@ def _finite_logprobs(op: Operation) -> bool:
 
 def _from_json(line: str | bytes) -> Record:
     d = fastjson.loads(line)
-    if d.get("kind") == "run":
-        return RunInfo(**d)
-    if d.get("kind") == "metrics":
-        return MetricsSnapshot(**d)
+    if not isinstance(d, dict):
+        raise HistorySchemaError(f"not a history record: {str(line)[:80]}")
+    cls = _EVENT_KINDS.get(d.get("kind", "op"))
+    if cls is HistoryHeader and int(d.get("schema_version", 0)) > SCHEMA_VERSION:
+        raise HistorySchemaError(
+            f"history schema version {d.get('schema_version')} is newer than this harness reads "
+            f"({SCHEMA_VERSION}); upgrade the harness to read it")
+    if cls is not None:
+        return cls(**d)  # type: ignore[no-any-return]
+    if d.get("kind", "op") != "op":
+        raise HistorySchemaError(f"unknown history record kind {d.get('kind')!r}")
     d["top_logprobs"] = [{int(k): v for k, v in top.items()} for top in d.get("top_logprobs") or []]
     return Operation(**d)
 
@@ -167,6 +291,8 @@ class _Index:
         self.key = (id(records), len(records))
         self.runs: list[RunInfo] = []
         self.metrics: list[MetricsSnapshot] = []
+        self.events: list[Event] = []
+        self.schema_version = 1
         self.ops: list[Operation] = []
         self.ops_by_run: dict[tuple[str, str], list[Operation]] = {}
         self.info_by_run: dict[tuple[str, str], RunInfo] = {}
@@ -179,6 +305,10 @@ class _Index:
                 self.info_by_run.setdefault((r.scenario, r.run), r)
             elif isinstance(r, MetricsSnapshot):
                 self.metrics.append(r)
+            elif isinstance(r, HistoryHeader):
+                self.schema_version = r.schema_version
+            else:
+                self.events.append(r)
         self.scenarios = list(dict.fromkeys(r.scenario for r in self.runs))
 
 
@@ -208,6 +338,15 @@ class History:
     @property
     def ops(self) -> list[Operation]:
         return list(self._index().ops)
+
+    @property
+    def events(self) -> list[Event]:
+        """Fault injections, nemesis actions, incidents, calibration and triage records, in order."""
+        return list(self._index().events)
+
+    @property
+    def schema_version(self) -> int:
+        return self._index().schema_version
 
     def run_info(self, scenario: str, run: str) -> RunInfo | None:
         return self._index().info_by_run.get((scenario, run))

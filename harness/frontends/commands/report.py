@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.cli import command
-from harness.reports.html import ReportError, write_html, write_selftest_html
+from harness.frontends.cli import command
+from harness.reporters.html import ReportError, write_html, write_selftest_html
 
 
 def _configure(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""Hypothesis strategies that build valid isolation scenarios (DESIGN.md: "strategies").
+"""Hypothesis strategies that build valid isolation scenarios (docs/design.md, "The pipeline").
 
 `scenarios()` draws a whole `Scenario` across every dimension the model has: tenants (1-3, each
 with or without an adapter and a cache salt), users (1-4, each a 1-3 turn conversation, with a

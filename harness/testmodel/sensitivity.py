@@ -8,7 +8,7 @@ text. `measure(gen)` computes those figures through a pluggable `Generator`, so 
 can be taken in-process with transformers (fast, for tests and builds) and through a real
 server with token-id prompts (to show the server computes the same model).
 
-CLI: `python -m harness.target.sensitivity [--server URL] [--trials N]`.
+CLI: `python -m harness.testmodel.sensitivity [--server URL] [--trials N]`.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ class ServerGenerator:
 def in_process(model_dir: Path | None = None, trials: int = DEFAULT_TRIALS, **kw: Any) -> SensitivityReport:
     """Measure the (built) embedded model in-process with transformers."""
     if model_dir is None:
-        from harness.target.embedded_model import build
+        from harness.testmodel.embedded_model import build
 
         model_dir = build()
     gen = TransformersGenerator(model_dir)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model_dir = args.model_dir
     if model_dir is None:
-        from harness.target.embedded_model import build
+        from harness.testmodel.embedded_model import build
 
         model_dir = build()
     from transformers import AutoTokenizer

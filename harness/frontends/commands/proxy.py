@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from harness.cli import command
+from harness.frontends.cli import command
 from harness.faults import catalog
 from harness.faults.proxy import DEFAULT_TIMEOUT_S, FaultProxy, Injection
 

@@ -12,10 +12,10 @@ import signal
 import sys
 from pathlib import Path
 
-from harness.cli import command
-from harness.config import STACKS
-from harness.target.embedded import EmbeddedServer, LaunchError
-from harness.target.llamacpp import LlamaCppServer
+from harness.frontends.cli import command
+from harness.frontends.config import STACKS
+from harness.stacks.vllm import EmbeddedServer, LaunchError
+from harness.stacks.llamacpp import LlamaCppServer
 
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stack", choices=STACKS, default="vllm",

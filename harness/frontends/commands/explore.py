@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.cli import command
+from harness.frontends.cli import command
 
 
 def _configure_explore(p: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def _configure_explore(p: argparse.ArgumentParser) -> None:
 
 
 def _print_example(console: Console, counter: list[int]):  # type: ignore[no-untyped-def]
-    from harness.explore import ExampleStats
+    from harness.frontends.explore import ExampleStats
     from harness.scenario.model import Scenario
 
     style = {"pass": "green", "fail": "bold red", "unknown": "yellow"}
@@ -64,15 +64,15 @@ def explore_cmd(args: argparse.Namespace) -> int:
     """Search generated scenarios with hypothesis for an isolation violation; shrink and save it (exit 1 if found)."""
     console = Console(stderr=True, soft_wrap=True)
     try:
-        from harness.explore import ExploreConfig, explore, target_url
-        from harness.strategies import scenarios
+        from harness.frontends.explore import ExploreConfig, explore, target_url
+        from harness.scenario.strategies import scenarios
     except ImportError as exc:  # hypothesis is a test extra
         console.print(f"error: `harness explore` needs hypothesis ({exc}); pip install 'harness[test]'")
         return 2
     import secrets
 
     from harness.faults.catalog import CATALOG
-    from harness.target.embedded import LaunchError
+    from harness.stacks.vllm import LaunchError
 
     if args.fault and args.fault not in CATALOG:
         console.print(f"error: unknown fault {args.fault!r}; known: {sorted(CATALOG)}")
@@ -128,8 +128,8 @@ def _configure_replay(p: argparse.ArgumentParser) -> None:
 @command("replay", _configure_replay)
 def replay_cmd(args: argparse.Namespace) -> int:
     """Run a saved counterexample again: FIXED (PASS, exit 0), still FAILING (FAIL, exit 1), UNKNOWN (exit 2)."""
-    from harness.explore import replay, target_url
-    from harness.target.embedded import LaunchError
+    from harness.frontends.explore import replay, target_url
+    from harness.stacks.vllm import LaunchError
     from harness.verdict import Verdict
 
     console = Console(stderr=True)

@@ -16,10 +16,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness.cli import command
-from harness.target.capabilities import Capabilities, ProbeError, probe
-from harness.target.client import TargetClient
-from harness.target.embedded import EmbeddedServer, LaunchError
+from harness.frontends.cli import command
+from harness.probe.capabilities import Capabilities, ProbeError, probe
+from harness.client.http import TargetClient
+from harness.stacks.vllm import EmbeddedServer, LaunchError
 
 _MARK = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[yellow]unknown[/yellow]"}
 

@@ -25,7 +25,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.scenario.words import draw_words
-from harness.target.client import Endpoint, GenerationRequest, GenerationResult, TargetClient
+from harness.client.http import Endpoint, GenerationRequest, GenerationResult, TargetClient
 
 QUERIES_FAMILY = "vllm:prefix_cache_queries"
 HITS_FAMILY = "vllm:prefix_cache_hits"

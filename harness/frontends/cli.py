@@ -21,7 +21,7 @@ def command(name: str, configure: Callable[[argparse.ArgumentParser], None]) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness import commands  # noqa: F401  (registers the subcommands)
+    from harness.frontends import commands  # noqa: F401  (registers the subcommands)
 
     parser = argparse.ArgumentParser(
         prog="harness",

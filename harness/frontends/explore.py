@@ -1,6 +1,6 @@
 """Property-based exploration: search scenarios with hypothesis, shrink a failure, save it, replay it.
 
-Each example hypothesis draws (`harness.strategies.scenarios`) is written to YAML and run by the
+Each example hypothesis draws (`harness.scenario.strategies.scenarios`) is written to YAML and run by the
 ordinary pipeline (`run_isolation`: main run, counterfactual re-runs, solo replay, every check).
 A FAIL verdict is a failure for hypothesis, which then shrinks it; UNKNOWN and drift are not
 failures (both are counted). The minimal failing scenario is saved as `<found-dir>/<hash>.yaml`
@@ -51,7 +51,7 @@ from harness.verdict import Verdict
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
-FOUND_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "found"
+FOUND_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "found"
 
 
 # --- running one scenario ---------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def target_url(target: str | None, console: Console | None = None) -> Iterator[s
     if target:
         yield target.rstrip("/")
         return
-    from harness.target.embedded import EmbeddedServer
+    from harness.stacks.vllm import EmbeddedServer
 
     if console:
         console.print("starting the embedded vLLM server ...")
@@ -116,7 +116,7 @@ def target_url(target: str | None, console: Console | None = None) -> Iterator[s
 
 def adapter_roles(target: str) -> tuple[str | None, ...]:
     """None plus `adapter-1`, `adapter-2` as far as the target serves adapters."""
-    from harness.target.resolve import split_models
+    from harness.plan.resolve import split_models
 
     entries = httpx.get(target + "/v1/models", timeout=10).json().get("data", [])
     _, adapters = split_models(entries)
@@ -134,7 +134,7 @@ def _alive(target: str) -> bool:
 
 
 def found_path(scenario: Scenario, found_dir: Path) -> Path:
-    from harness.strategies import scenario_hash
+    from harness.scenario.strategies import scenario_hash
 
     return Path(found_dir) / f"{scenario_hash(scenario)}.yaml"
 
@@ -167,7 +167,7 @@ def reductions(scenario: Scenario) -> Iterator[Scenario]:
     then one dimension back to its plain value (schedule, sampling, streaming, endpoint, adapters,
     salts, shared prefixes, secrets, max_tokens). Content of the users kept does not change."""
     from harness.scenario.model import Sampling, Schedule
-    from harness.strategies import with_expectation
+    from harness.scenario.strategies import with_expectation
 
     def variant(**update: Any) -> Scenario | None:
         try:
@@ -334,7 +334,7 @@ class _Search:
 
     def body(self, scenario: Scenario) -> None:
         """One hypothesis example: raise ScenarioFailed on a FAIL verdict."""
-        from harness.strategies import scenario_hash
+        from harness.scenario.strategies import scenario_hash
 
         key = scenario_hash(scenario)
         if self.result.aborted or (not self.phase and self.out_of_time) or key in self.not_failing:
@@ -371,7 +371,7 @@ class _Search:
 
     def reduce(self, key: str) -> str:
         """Greedy structural reduction of a failing scenario; returns the smallest failing one's key."""
-        from harness.strategies import scenario_hash
+        from harness.scenario.strategies import scenario_hash
 
         self.phase = "reduce"
         runs = 0
@@ -451,7 +451,7 @@ def explore(cfg: ExploreConfig,
     from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
     from hypothesis.errors import Flaky
 
-    from harness.strategies import scenarios
+    from harness.scenario.strategies import scenarios
 
     seed_value = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
     result = ExploreResult(seed=seed_value)

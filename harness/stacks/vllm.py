@@ -80,7 +80,7 @@ class EmbeddedServer:
     restarts: int = field(default=0, init=False)
 
     def command(self, model_dir: Path, port: int) -> list[str]:
-        from harness.target.embedded_model import adapter_dirs
+        from harness.testmodel.embedded_model import adapter_dirs
 
         adapters = [f"{name}={path}" for name, path in adapter_dirs(model_dir).items()]
         return [
@@ -102,7 +102,7 @@ class EmbeddedServer:
 
     def start(self) -> str:
         if self.model_dir is None:
-            from harness.target.embedded_model import build
+            from harness.testmodel.embedded_model import build
 
             self.model_dir = build()
         if not Path(self.model_dir).is_dir():

@@ -18,8 +18,8 @@ from rich.console import Console
 
 from harness.audit.stats import ARMS, Look, SequentialPlan, fewest_probes
 from harness.audit.timing import POLICIES, AuditConfig, AuditResult, audit, describe
-from harness.cli import command
-from harness.target.embedded import EmbeddedServer, LaunchError
+from harness.frontends.cli import command
+from harness.stacks.vllm import EmbeddedServer, LaunchError
 from harness.verdict import Verdict
 
 _COLOURS = {"probe": "tab:red", "control": "tab:green", "miss": "tab:blue", "miss2": "tab:gray"}

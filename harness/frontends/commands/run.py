@@ -1,7 +1,7 @@
 """`harness run`: drive the scenario library against a target and report PASS / FAIL / UNKNOWN.
 
 Settings come from the flags, then a configuration file (`--config FILE`, else `isolation.toml`,
-else `[tool.harness]` in `pyproject.toml`, see `harness.config`), then the defaults below.
+else `[tool.harness]` in `pyproject.toml`, see `harness.frontends.config`), then the defaults below.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.checks.compare import DEFAULT_TOLERANCE
-from harness.cli import command
-from harness.config import RUN_DEFAULTS, STACKS, ConfigError, load_config, merge
+from harness.frontends.cli import command
+from harness.frontends.config import RUN_DEFAULTS, STACKS, ConfigError, load_config, merge
 from harness.pipeline import RunConfig, run_isolation
 
 

@@ -114,7 +114,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 def settings_from(config: pytest.Config) -> IsolationSettings:
     """Options over the configuration file over the defaults of `harness run` (raises ConfigError)."""
-    from harness.config import RUN_DEFAULTS, load_config, merge
+    from harness.frontends.config import RUN_DEFAULTS, load_config, merge
 
     explicit_file = config.getoption("--isolation-config")
     if explicit_file is not None:
@@ -141,7 +141,7 @@ def settings_from(config: pytest.Config) -> IsolationSettings:
 @pytest.fixture(scope="session")
 def isolation_settings(pytestconfig: pytest.Config) -> IsolationSettings:
     """The plugin's settings for this session (options, configuration file, defaults)."""
-    from harness.config import ConfigError
+    from harness.frontends.config import ConfigError
 
     try:
         return settings_from(pytestconfig)
@@ -155,7 +155,7 @@ def isolation_target(isolation_settings: IsolationSettings) -> Iterator[str]:
     if isolation_settings.target:
         yield isolation_settings.target.rstrip("/")
         return
-    from harness.target.embedded import EmbeddedServer
+    from harness.stacks.vllm import EmbeddedServer
 
     server = EmbeddedServer()
     try:

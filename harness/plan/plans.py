@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-from harness.driver.driver import Isolation, RunSpec
+from harness.driver.driver import RunSpec
+from harness.probe.needs import Isolation
 from harness.scenario.model import Scenario
 from harness.scenario.render import plan_scenario
 

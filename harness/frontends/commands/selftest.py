@@ -26,16 +26,17 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.audit.timing import AuditConfig, audit
-from harness.cli import command
+from harness.frontends.cli import command
 from harness.faults.catalog import CATALOG, CHECK_NEEDS, NEEDS
 from harness.faults.proxy import FaultProxy
-from harness.pipeline import RunConfig, probe_target, run_isolation, solo_isolation
-from harness.reports.html import write_selftest_html
-from harness.target.capabilities import Capabilities, Capability, ProbeError
-from harness.target.client import TargetClient
-from harness.target.embedded import EmbeddedServer, LaunchError
+from harness.pipeline import RunConfig, run_isolation
+from harness.probe.needs import offered, probe_target
+from harness.reporters.html import write_selftest_html
+from harness.probe.capabilities import Capabilities, ProbeError
+from harness.client.http import TargetClient
+from harness.stacks.vllm import EmbeddedServer, LaunchError
 
-LIBRARY = Path(__file__).resolve().parents[2] / "scenarios"
+LIBRARY = Path(__file__).resolve().parents[3] / "scenarios"
 # The scenarios in which each fault has something to act on.
 SCENARIOS: dict[str, list[str]] = {
     "swap": ["burst.yaml"],
@@ -55,33 +56,6 @@ SCENARIOS: dict[str, list[str]] = {
 # Faults (and a benign control) that the salted timing audit also runs through: salt faults must
 # show up as a timing / cached-token side channel; added latency must not.
 TIMING_FAULTS = ("salt-drop", "salt-merge", "delay")
-
-
-def offered(caps: Capabilities) -> dict[str, str | None]:
-    """Each capability in `catalog.NEEDS` -> None where the probe verified it, else why not (one line).
-    Unverified counts as absent, as in the run itself (e.g. the solo oracle runs warm unless a salt
-    or reset was verified)."""
-    def why(cap: Capability, absent: str, unverified: str) -> str | None:
-        if cap.available:
-            return None
-        return absent if cap.available is False else f"{unverified} ({cap.evidence})"
-
-    depth = caps.logprobs.value if isinstance(caps.logprobs.value, int) else 0
-    return {
-        "token-ids": why(caps.output_token_ids, "the target gives no output token ids and none could be recovered",
-                         "output token ids could not be verified"),
-        "top-logprobs": None if caps.logprobs.available and depth >= 2 else
-        f"the target gives {depth} top logprob(s) per position, 2 needed",
-        "cached-tokens": why(caps.cached_tokens, "the target reports no cached-token counts",
-                             "cached-token counts could not be verified"),
-        "salt": why(caps.cache_salt_effective,
-                    f"cache_salt does not separate cache domains ({caps.cache_salt_effective.evidence})",
-                    "cache_salt separation could not be verified"),
-        "cold-reference": None if solo_isolation(caps) != "warm" else
-        "neither a cache salt nor a cache reset could be verified, so the solo reference may run warm",
-        "prefix-metrics": why(caps.prefix_cache_metrics, "the target exposes no prefix-cache counters on /metrics",
-                              "prefix-cache counters could not be verified"),
-    }
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """A second serving stack: llama.cpp (through `llama-cpp-python`'s OpenAI-compatible server).
 
-Two jobs, both with the guarantees of the vLLM launcher (`harness.target.embedded`):
+Two jobs, both with the guarantees of the vLLM launcher (`harness.stacks.vllm`):
 
 - `build_gguf()` converts the project's embedded model (`embedded_model.build()`) to a float32
   GGUF file once, with the conversion script that ships inside the `llama-cpp-python` source
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import ClassVar
 
 
-from harness.target.embedded import EmbeddedServer, LaunchError, tail
+from harness.stacks.vllm import EmbeddedServer, LaunchError, tail
 
 LLAMA_CPP_VERSION = "0.3.36"
 SERVED_MODEL_NAME = "tiny-llama"
@@ -115,7 +115,7 @@ def build_gguf(model_dir: Path | None = None, cache_dir: Path | None = None, for
                python: str = sys.executable) -> Path:
     """Convert the embedded model to a float32 GGUF once; return its path (a no-op when present)."""
     if model_dir is None:
-        from harness.target.embedded_model import build
+        from harness.testmodel.embedded_model import build
 
         model_dir = build()
     model_dir = Path(model_dir)
@@ -197,7 +197,7 @@ class LlamaCppServer(EmbeddedServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.target.llamacpp`: build the GGUF (idempotent) and print its path."""
+    """`python -m harness.stacks.llamacpp`: build the GGUF (idempotent) and print its path."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Convert the embedded model to GGUF for llama.cpp (idempotent).")

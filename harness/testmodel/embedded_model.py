@@ -4,8 +4,8 @@ The model is the oracle's instrument: a float32 Llama-architecture network whose
 depends sharply on its context, a byte-level BPE tokenizer trained locally on the harness's word
 pool (so each pool word is one token), a chat template, and two LoRA adapters in PEFT format.
 By default its weights are seeded random plus a hand-built induction circuit
-(harness/target/induction.py) that reproduces an earlier span once the span's first two tokens
-recur, so context leaked into a prompt shows up as visible text; harness/target/sensitivity.py
+(harness/testmodel/induction.py) that reproduces an earlier span once the span's first two tokens
+recur, so context leaked into a prompt shows up as visible text; harness/testmodel/sensitivity.py
 measures both properties. Everything lands in a cache folder keyed by the build recipe, so a
 second build is a no-op.
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from harness.scenario.words import draw_words, word_pool
 
 if TYPE_CHECKING:
-    from harness.target.induction import CircuitSpec
+    from harness.testmodel.induction import CircuitSpec
 
 RECIPE_VERSION = 4
 DEFAULT_SEED = 1234
@@ -51,7 +51,7 @@ class ModelRecipe:
     init_std: float = 0.2
     lora_rank: int = 8
     lora_std: float = 0.3
-    # The hand-built induction circuit (harness/target/induction.py) and its gains; False gives
+    # The hand-built induction circuit (harness/testmodel/induction.py) and its gains; False gives
     # the plain seeded random model (ModelRecipe.plain() has the sizes it was tuned at).
     induction: bool = True
     rope_theta: float = 1e12
@@ -65,7 +65,7 @@ class ModelRecipe:
 
     def circuit_spec(self) -> "CircuitSpec":
         """The induction circuit's sizes and gains for this recipe."""
-        from harness.target.induction import CircuitSpec
+        from harness.testmodel.induction import CircuitSpec
 
         return CircuitSpec(
             hidden_size=self.hidden_size,
@@ -176,7 +176,7 @@ def _build_weights(
     gen = torch.Generator().manual_seed(recipe.seed)
     with torch.no_grad():
         if recipe.induction:
-            from harness.target.induction import install
+            from harness.testmodel.induction import install
 
             install(model, recipe.circuit_spec(), vocab_size, word_ids, gen)
         else:
@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     path = build(cache_dir=args.cache_dir, force=args.force)
     print(path)
     if not args.no_measure:
-        # The figures say whether this model can make a leak visible (harness.target.sensitivity).
-        from harness.target.sensitivity import in_process
+        # The figures say whether this model can make a leak visible (harness.testmodel.sensitivity).
+        from harness.testmodel.sensitivity import in_process
 
         print(f"sensitivity (in-process): {in_process(path).summary()}")
     return 0

@@ -1,0 +1,10 @@
+"""Subcommands of the `harness` CLI; importing this package registers them all."""
+
+from harness.frontends.commands import serve  # noqa: F401
+from harness.frontends.commands import probe  # noqa: F401
+from harness.frontends.commands import run  # noqa: F401
+from harness.frontends.commands import proxy  # noqa: F401
+from harness.frontends.commands import selftest  # noqa: F401
+from harness.frontends.commands import audit_timing  # noqa: F401
+from harness.frontends.commands import report  # noqa: F401
+from harness.frontends.commands import explore  # noqa: F401
