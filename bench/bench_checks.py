@@ -43,6 +43,50 @@ def _rss_mb() -> float:
 
 # --- synthetic histories -------------------------------------------------------------------------
 
+Turn = tuple[list[int], list[int], str, list[dict[int, float]]]
+"""One turn of a synthetic conversation: (prompt, output, text, tops)."""
+
+
+class _Conversations:
+    """The conversations of one synthetic scenario, per (user, variant), drawn on first use and
+    shared by the runs that hold the same variant."""
+
+    def __init__(self, seed: int, s: int, vocab: list[int], text_of: dict[int, str],
+                 tops: dict[int, dict[int, float]], prefix: list[int], canary_tokens: dict[str, list[int]],
+                 private: int, turns: int, out_len: int) -> None:
+        self.seed, self.s, self.vocab, self.text_of, self.tops = seed, s, vocab, text_of, tops
+        self.prefix, self.canary_tokens = prefix, canary_tokens
+        self.private, self.turns, self.out_len = private, turns, out_len
+        self.content: dict[tuple[str, int], list[list[int]]] = {}
+        self.convs: dict[tuple[str, int], list[Turn]] = {}
+
+    def turn_texts(self, u: str, variant: int) -> list[list[int]]:
+        """Each turn's private tokens; variant 0 carries the user's canary in its first turn."""
+        key = (u, variant)
+        if key not in self.content:
+            r = random.Random(hash((self.seed, self.s, u, variant)))
+            ts = [[r.choice(self.vocab) for _ in range(self.private)] for _ in range(self.turns)]
+            if variant == 0:
+                ts[0][8:8] = self.canary_tokens[u]
+            self.content[key] = ts
+        return self.content[key]
+
+    def get(self, u: str, variant: int) -> list[Turn]:
+        """Per turn (prompt, output, text, tops): the output is a hash of the prompt's tail."""
+        key = (u, variant)
+        if key not in self.convs:
+            ctx = list(self.prefix)
+            turns_out = []
+            for private_tokens in self.turn_texts(u, variant):
+                prompt = ctx + private_tokens
+                x = hash((tuple(prompt[-16:]), len(prompt)))
+                out = [self.vocab[(x >> (3 * i)) % len(self.vocab)] for i in range(self.out_len)]
+                turns_out.append((prompt, out, "".join(self.text_of[o] for o in out), [self.tops[o] for o in out]))
+                ctx = prompt + out
+            self.convs[key] = turns_out
+        return self.convs[key]
+
+
 def synthesize(n_ops: int, seed: int = 0, users: int = 16, turns: int = 4, tenants: int = 4,
                private: int = 20, out_len: int = 16, salted_every: int = 4) -> list[Any]:
     """About n_ops operations (whole scenarios) with their RunInfo records, in run order."""
@@ -68,43 +112,17 @@ def synthesize(n_ops: int, seed: int = 0, users: int = 16, turns: int = 4, tenan
         names = [f"u{u:02d}" for u in range(users)]
         tenant = {u: f"t{i % tenants}" for i, u in enumerate(names)}
         salt = {u: (f"salt-{tenant[u]}-{s}" if salted else None) for u in names}
-        content: dict[tuple[str, int], list[list[int]]] = {}
         canary_tokens: dict[str, list[int]] = {}
         for u in names:
             canary_tokens[u] = [rng.choice(vocab) for _ in range(4)]
         canaries = {u: ["".join(text_of[t] for t in canary_tokens[u])] for u in names}
         request = {"model": model, "max_tokens": out_len, "stream": False}
-
-        def turn_texts(u: str, variant: int) -> list[list[int]]:
-            key = (u, variant)
-            if key not in content:
-                r = random.Random(hash((seed, s, u, variant)))
-                ts = [[r.choice(vocab) for _ in range(private)] for _ in range(turns)]
-                if variant == 0:
-                    ts[0][8:8] = canary_tokens[u]
-                content[key] = ts
-            return content[key]
-
-        # (user, variant) -> per turn (prompt, output, text, tops): shared by the runs that hold it
-        convs: dict[tuple[str, int], list[tuple[list[int], list[int], str, list[dict[int, float]]]]] = {}
-
-        def conversation(u: str, variant: int) -> list[tuple[list[int], list[int], str, list[dict[int, float]]]]:
-            key = (u, variant)
-            if key not in convs:
-                ctx = list(prefix)
-                turns_out = []
-                for t, private_tokens in enumerate(turn_texts(u, variant)):
-                    prompt = ctx + private_tokens
-                    x = hash((tuple(prompt[-16:]), len(prompt)))
-                    out = [vocab[(x >> (3 * i)) % len(vocab)] for i in range(out_len)]
-                    turns_out.append((prompt, out, "".join(text_of[o] for o in out), [tops[o] for o in out]))
-                    ctx = prompt + out
-                convs[key] = turns_out
-            return convs[key]
+        conversations = _Conversations(seed, s, vocab, text_of, tops, prefix, canary_tokens, private, turns, out_len)
 
         halves = [set(names[0::2]), set(names[1::2])]
         runs = [("main", {u: 0 for u in names}, "shared")]
-        runs += [(f"cf-{i}", {u: 0 if u in fixed else i + 1 for u in names}, "shared") for i, fixed in enumerate(halves)]
+        runs += [(f"cf-{i}", {u: 0 if u in fixed else i + 1 for u in names}, "shared")
+                 for i, fixed in enumerate(halves)]
         runs.append(("solo", {u: 0 for u in names}, "salt"))
         for run, variants, isolation in runs:
             records.append(RunInfo(
@@ -115,7 +133,7 @@ def synthesize(n_ops: int, seed: int = 0, users: int = 16, turns: int = 4, tenan
             if isolation != "shared":
                 order = [(u, t) for u in names for t in range(turns)]
             for u, t in order:
-                prompt, out, text, top = conversation(u, variants[u])[t]
+                prompt, out, text, top = conversations.get(u, variants[u])[t]
                 if isolation == "shared":
                     op_salt = salt[u]
                     cached = cache.lookup_and_insert((model, op_salt), prompt)
@@ -144,11 +162,9 @@ class _OverBudget(Exception):
 def time_checks(records: list[Any], budget_s: float, reference: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """CPU seconds of each registered check over one History; with `reference`, also of the
     quadratic reference forms of the two rewritten checks (kept apart from the total)."""
-    from harness import checks  # noqa: F401  (registers the checks)
-    from harness.checks.base import REGISTRY, CheckContext
-    from harness.history.record import History
-
     from bench import reference_checks as ref
+    from harness.checks.base import CheckContext, Scope, all_checks
+    from harness.history.record import History
 
     history = History(records)
     ctx = CheckContext(tolerance=1e-3)
@@ -160,7 +176,7 @@ def time_checks(records: list[Any], budget_s: float, reference: bool = False) ->
 
     # The budget is CPU time (ITIMER_PROF): on a shared machine wall time says little.
     signal.signal(signal.SIGPROF, alarm)
-    todo = [(name, fn, out) for name, (_, fn) in REGISTRY.items()]
+    todo: list[tuple[str, Any, dict[str, Any]]] = [(c.name, c, out) for c in all_checks(Scope.RUN)]
     if reference:
         todo += [("cache-accounting", lambda h, c: ref.accounting(h), before),
                  ("exercised", lambda h, c: ref.exercised(h), before)]
@@ -196,9 +212,8 @@ def size_main(n: int, budget_s: float, seed: int, reference: bool) -> dict[str, 
 # --- verification against the reference rules -----------------------------------------------------
 
 def _random_history(rng: random.Random) -> list[Any]:
-    from harness.history.record import Operation, RunInfo
-
     from bench import reference_checks as ref
+    from harness.history.record import Operation, RunInfo
 
     alphabet = rng.choice([2, 3, 5])  # tiny alphabets: long, ragged common prefixes
     block = rng.choice([1, 2, 3, 4, 8])
@@ -265,13 +280,10 @@ def _summary(r: Any) -> tuple[Any, ...]:
 
 
 def verify(iterations: int, seed: int) -> int:
-    from harness.checks.base import REGISTRY, CheckContext
-    from harness import checks  # noqa: F401
-    from harness.history.record import History
-
     from bench import reference_checks as ref
-
+    from harness.checks.base import CheckContext, get
     from harness.checks.exercised import common_prefix_len
+    from harness.history.record import History
 
     ctx = CheckContext(tolerance=1e-3)
     rng = random.Random(seed)
@@ -286,7 +298,7 @@ def verify(iterations: int, seed: int) -> int:
     for i in range(iterations):
         history = History(_random_history(rng))
         for name, reference in (("cache-accounting", ref.accounting), ("exercised", ref.exercised)):
-            fast = REGISTRY[name][1](history, ctx)
+            fast = get(name)(history, ctx)
             slow = reference(history)
             if _summary(fast) != _summary(slow):
                 print(f"MISMATCH in {name} at iteration {i}:\nfast {_summary(fast)}\nref  {_summary(slow)}")

@@ -68,7 +68,7 @@ def harness_cell(p: dict[str, Any]) -> dict[str, Any]:
     from harness.driver.driver import RunSpec, TargetDown, drive_run
     from harness.history.record import History, HistoryWriter
     from harness.scenario.render import make_nonce, plan_scenario
-    from harness.client.http import TargetClient
+    from harness.client import TargetClient
 
     base_rss = _rss_mb()
     sc = _scenario(p["users"], p["turns"], p["concurrency"], p["interleaving"], p["stream"], p["endpoint"],

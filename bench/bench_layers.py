@@ -32,7 +32,7 @@ PROMPT = " ".join(["word"] * 128)
 
 
 def _request(stream: bool = True) -> Any:
-    from harness.client.http import GenerationRequest
+    from harness.client import GenerationRequest
 
     return GenerationRequest(endpoint="completions", model="fake-model", prompt=PROMPT, max_tokens=16,
                              top_logprobs=5, stream=stream)
@@ -66,7 +66,7 @@ async def aiohttp_layer(url: str, n: int, c: int) -> float:
 
 
 async def httpx_layer(url: str, n: int, c: int) -> float:
-    from harness.client.http import TargetClient
+    from harness.client import TargetClient
 
     req = _request()
     async with TargetClient(url) as tc:
@@ -79,7 +79,7 @@ async def httpx_layer(url: str, n: int, c: int) -> float:
 
 
 async def client_layer(url: str, n: int, c: int) -> float:
-    from harness.client.http import TargetClient
+    from harness.client import TargetClient
 
     req = _request()
     async with TargetClient(url) as tc:
@@ -94,7 +94,7 @@ async def driver_layer(url: str, n: int, c: int) -> float:
     from harness.driver.driver import RunSpec, drive_run
     from harness.history.record import HistoryWriter
     from harness.scenario.render import make_nonce, plan_scenario
-    from harness.client.http import GenerationResult
+    from harness.client import GenerationResult
 
     sc = _scenario(n, 1, c, "random", True, "completions", 16, 60, 61, 1)
     nonce = make_nonce()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -211,7 +212,7 @@ class FakeServer:
             return await self._stream(request, ctx, include_usage)
         return web.Response(body=_DUMPS(ctx.full()).encode(), content_type="application/json")
 
-    async def _stream(self, request: web.Request, ctx: "_Ctx", include_usage: bool) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, ctx: _Ctx, include_usage: bool) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         for chunk in ctx.chunks(include_usage):
@@ -224,7 +225,7 @@ class FakeServer:
 
     @staticmethod
     def spawn(port: int | None = None, tokens: int | None = None, block_size: int = 32,
-              timeout_s: float = 30.0) -> "SpawnedServer":
+              timeout_s: float = 30.0) -> SpawnedServer:
         return SpawnedServer(port or free_port(), tokens, block_size, timeout_s)
 
 
@@ -341,7 +342,8 @@ class SpawnedServer:
         if tokens:
             args += ["--tokens", str(tokens)]
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self._log = tempfile.TemporaryFile()  # not a pipe: a chatty server must never block on it
+        # not a pipe: a chatty server must never block on it; kept open to report a failed start
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as this object)
         self.proc = subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL, stderr=self._log)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -353,7 +355,7 @@ class SpawnedServer:
                     self.stop()
                     self._log.seek(0)
                     err = self._log.read().decode(errors="replace")
-                    raise RuntimeError(f"fake server did not start: {err[-2000:]}")
+                    raise RuntimeError(f"fake server did not start: {err[-2000:]}") from None
                 time.sleep(0.05)
 
     def cpu_s(self) -> float | None:
@@ -374,7 +376,7 @@ class SpawnedServer:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> "SpawnedServer":
+    def __enter__(self) -> SpawnedServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -404,10 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         go = uvloop.run
     except ImportError:
         go = asyncio.run
-    try:
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
         go(run())
-    except (KeyboardInterrupt, SystemExit):
-        pass
     return 0
 
 

@@ -1,9 +1,11 @@
 """Known findings: real, acknowledged server bugs that a run shows apart instead of failing on.
 
 A baseline file (YAML list) names each finding with the checks, scenarios and server it applies
-to. Matching violations stay in the report, with their reproducers, under `known_findings`; they
-no longer turn the verdict to FAIL. A known finding that did not reproduce is reported too (it
-may have been fixed). Nothing else is suppressed: any other violation still FAILs the run.
+to. This module only matches violations to findings (`match_known`); what a match does to the
+verdict is decided in one place, `harness.verdict.decide`: matching violations stay in the
+report, with their reproducers, under `known_findings`, and no longer turn the verdict to FAIL.
+A known finding that did not reproduce is reported too (it may have been fixed). Nothing else
+is suppressed: any other violation still FAILs the run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.history.record import History
-from harness.verdict import CheckResult, Verdict, Violation
+from harness.verdict import CheckResult, Violation
 
 
 class KnownFinding(BaseModel):
@@ -36,8 +38,8 @@ class KnownFinding(BaseModel):
     details: str = ""
     reproducer: str = ""
 
-    def applies(self, meta: dict[str, Any]) -> bool:
-        return self.server_version is None or meta.get("server_version") == self.server_version
+    def applies(self, server_version: str | None) -> bool:
+        return self.server_version is None or server_version == self.server_version
 
     def matches(self, v: Violation, history: History) -> bool:
         if self.batched_with_other_model and not _batched_with_other_model(v, history):
@@ -45,7 +47,7 @@ class KnownFinding(BaseModel):
         return (v.check in self.checks and v.scenario in self.scenarios
                 and (self.users is None or set(v.users) <= set(self.users))
                 and (self.op_id_pattern is None
-                     or bool(v.op_ids) and all(re.search(self.op_id_pattern, i) for i in v.op_ids)))
+                     or (bool(v.op_ids) and all(re.search(self.op_id_pattern, i) for i in v.op_ids))))
 
 
 def _batched_with_other_model(v: Violation, history: History) -> bool:
@@ -61,11 +63,21 @@ def _batched_with_other_model(v: Violation, history: History) -> bool:
     return False
 
 
+KNOWN_SCHEMA_VERSION = 2
+"""Version 2: a mapping {schema_version: 2, findings: [...]}; version 1 (still read): a bare list."""
+
+
 def load_known_findings(path: Path) -> list[KnownFinding]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or []
+        if isinstance(data, dict):
+            version = data.get("schema_version")
+            if not isinstance(version, int) or version > KNOWN_SCHEMA_VERSION:
+                raise ValueError(f"schema_version {version!r} is not one this harness reads "
+                                 f"(1 or {KNOWN_SCHEMA_VERSION}); upgrade the harness")
+            data = data.get("findings") or []
         return [KnownFinding.model_validate(d) for d in data]
-    except (OSError, yaml.YAMLError, ValidationError, TypeError) as exc:
+    except (OSError, yaml.YAMLError, ValidationError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: invalid known-findings file: {exc}") from None
 
 
@@ -81,23 +93,21 @@ class KnownOutcome:
                 "messages": [f"[{v.scenario}] {v.message}" for v in self.violations[:20]]}
 
 
-def apply_known(results: list[CheckResult], findings: list[KnownFinding], meta: dict[str, Any],
+def match_known(results: list[CheckResult], findings: list[KnownFinding], server_version: str | None,
                 history: History) -> list[KnownOutcome]:
-    """Move matching violations out of each check; a check left with none no longer FAILs."""
+    """Which violations each finding that applies to this run matches (the first matching finding
+    takes a violation). Results are not changed: `harness.verdict.decide` moves the matched
+    violations out of their checks."""
     scenarios_run = set(history.scenarios())
-    active = [f for f in findings if f.applies(meta) and set(f.scenarios) & scenarios_run]
+    active = [f for f in findings if f.applies(server_version) and set(f.scenarios) & scenarios_run]
     outcomes = {f.id: KnownOutcome(f) for f in active}
     for r in results:
-        kept = []
         for v in r.violations:
             f = next((f for f in active if f.matches(v, history)), None)
-            if f is None:
-                kept.append(v)
-            else:
+            if f is not None:
                 outcomes[f.id].violations.append(v)
-        if len(kept) != len(r.violations):
-            r.notes.append(f"{len(r.violations) - len(kept)} violation(s) matched known findings")
-            r.violations = kept
-            if not kept and r.verdict is Verdict.FAIL:
-                r.verdict = Verdict.PASS
     return list(outcomes.values())
+
+
+def known_violations(outcomes: list[KnownOutcome]) -> list[Violation]:
+    return [v for k in outcomes for v in k.violations]

@@ -1,8 +1,15 @@
-"""Three-valued verdicts: PASS only when every check held and was exercised (exit 0 / 1 / 2)."""
+"""Three-valued verdicts and the one function that decides a run (docs/design.md, "Verdict").
+
+Checks return their own `CheckResult`s (PASS / FAIL / UNKNOWN / N/A for their own scope); they
+never decide the run. `decide` does, from the check results, the known-finding matches, an
+early-stop error and the skipped scenarios, and says why. `decide_exploration` applies the same
+rules to a property-based search. Exit codes: 0 PASS, 1 FAIL, 2 UNKNOWN.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -41,6 +48,23 @@ class CheckResult:
     drift: int = 0
     notes: list[str] = field(default_factory=list)
     description: str = ""
+    evidence: dict[str, int | float] = field(default_factory=dict)
+    """How much the check showed, in named counts (e.g. tokens compared, pairs covered / present);
+    the minimum evidence for PASS is judged on these (docs/design.md, "Verdict")."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A run's verdict, the reasons for it (one line each), and the check results as the run
+    reports them (violations matched by known findings moved out, see `decide`)."""
+
+    verdict: Verdict
+    reasons: list[str]
+    checks: list[CheckResult]
+
+    @property
+    def exit_code(self) -> int:
+        return self.verdict.exit_code
 
 
 def overall(results: list[CheckResult]) -> Verdict:
@@ -55,3 +79,74 @@ def overall(results: list[CheckResult]) -> Verdict:
     if any(r.verdict is Verdict.UNKNOWN for r in results):
         return Verdict.UNKNOWN
     return Verdict.PASS
+
+
+def without_known(results: list[CheckResult], known: Iterable[Violation]) -> list[CheckResult]:
+    """Copies of `results` with the violations in `known` (by identity) moved out. A check left
+    with no violation no longer FAILs (rule 1 of docs/design.md, "Verdict")."""
+    matched = {id(v) for v in known}
+    out = []
+    for r in results:
+        kept = [v for v in r.violations if id(v) not in matched]
+        if len(kept) == len(r.violations):
+            out.append(r)
+            continue
+        verdict = Verdict.PASS if not kept and r.verdict is Verdict.FAIL else r.verdict
+        note = f"{len(r.violations) - len(kept)} violation(s) matched known findings"
+        out.append(replace(r, verdict=verdict, violations=kept, notes=[*r.notes, note]))
+    return out
+
+
+def decide(results: list[CheckResult], known: Iterable[Violation] = (), *, error: str | None = None,
+           skipped: dict[str, str] | None = None) -> Decision:
+    """The run's verdict, by the rule table in docs/design.md, "Verdict" (first matching row wins
+    after rule 1 has adjusted the checks):
+
+    1. a check's violations that match known findings are moved out; a FAIL left with none is PASS;
+    2. no check decided (none ran, or every one was N/A)        -> UNKNOWN;
+    3. some check FAILed (even if the run stopped early)        -> FAIL;
+    4. the run stopped early (`error`)                          -> UNKNOWN;
+    5. some check is UNKNOWN                                    -> UNKNOWN;
+    6. a scenario was skipped (the target could not run it)     -> UNKNOWN;
+    7. otherwise                                                -> PASS.
+    """
+    checks = without_known(results, known)
+    deciding = [r for r in checks if r.verdict is not Verdict.NOT_APPLICABLE]
+    failed = [r for r in deciding if r.verdict is Verdict.FAIL]
+    unknown = [r for r in deciding if r.verdict is Verdict.UNKNOWN]
+    reasons: list[str] = []
+    if not deciding:
+        reasons.append("no check decided anything" + (" (no request was recorded)" if not checks else ""))
+    reasons += [f"{r.name} FAILED: {len(r.violations)} violation(s)" for r in failed]
+    if error:
+        reasons.append(f"the run stopped early: {error.splitlines()[0] if error.strip() else error}")
+    reasons += [f"{r.name} UNKNOWN: {'; '.join(r.notes[:2]) or 'could not decide'}" for r in unknown]
+    reasons += [f"scenario {name} skipped: {why}" for name, why in (skipped or {}).items()]
+    if not deciding:
+        verdict = Verdict.UNKNOWN
+    elif failed:
+        verdict = Verdict.FAIL
+    elif error or unknown or skipped:
+        verdict = Verdict.UNKNOWN
+    else:
+        verdict = Verdict.PASS
+        reasons.append(f"every check that applied held and was exercised ({len(deciding)} check(s))")
+    return Decision(verdict, reasons, checks)
+
+
+def decide_exploration(found: int, aborted: str | None, verdicts: dict[str, int]) -> Decision:
+    """A property-based search's verdict, fail closed: FAIL when it found a violation; UNKNOWN when
+    it was aborted, or when any example run was not shown to hold (UNKNOWN), or when none ran;
+    PASS only when every example run PASSed. `verdicts` counts example runs by verdict value."""
+    runs = sum(verdicts.values())
+    passed = verdicts.get(Verdict.PASS.value, 0)
+    if found:
+        return Decision(Verdict.FAIL, [f"{found} minimal failing scenario(s) found"], [])
+    if aborted:
+        return Decision(Verdict.UNKNOWN, [f"the search stopped early: {aborted}"], [])
+    if not passed:
+        return Decision(Verdict.UNKNOWN, ["no example run PASSed, so nothing was shown"], [])
+    if passed < runs:
+        return Decision(Verdict.UNKNOWN, [f"{runs - passed} of {runs} example runs did not PASS "
+                                          f"({dict(sorted(verdicts.items()))}): they were not shown to hold"], [])
+    return Decision(Verdict.PASS, [f"no violation in {passed} passing run(s)"], [])

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from harness.client import Endpoint, GenerationRequest, TargetClient
 from harness.scenario.words import draw_words
-from harness.client.http import Endpoint, GenerationRequest, TargetClient
 from harness.stacks.vllm import free_port
 
 MODEL = "tiny-llama"

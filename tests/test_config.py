@@ -13,7 +13,7 @@ from harness.checks.compare import DEFAULT_TOLERANCE
 from harness.frontends.cli import main
 from harness.frontends.commands import run as run_cmd
 from harness.frontends.config import RUN_DEFAULTS, ConfigError, FileConfig, find_config, load_config, merge
-from harness.pipeline import RunConfig
+from harness.frontends.runs import RunConfig
 from harness.verdict import Verdict
 
 

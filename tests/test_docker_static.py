@@ -8,11 +8,13 @@ from both files and compared, so a change to one that is not made in the other f
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import re
 import shlex
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -99,7 +101,7 @@ def interpolate(value: str, env: dict[str, str]) -> str:
     return VAR.sub(one, value)
 
 
-def compose(name: str) -> dict:
+def compose(name: str) -> dict[str, Any]:
     data = yaml.safe_load((DOCKER / name).read_text())
     assert isinstance(data, dict) and set(data["services"]) == {"vllm", "harness"}, data
     return data
@@ -167,8 +169,18 @@ def test_cpu_image_runs_make_setup_and_serves_on_all_interfaces() -> None:
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
 
 
+def _subcommand(name: str) -> argparse.ArgumentParser:
+    """The parser of one `harness` subcommand (argparse has no public accessor for it)."""
+    for action in build_parser()._actions:
+        if isinstance(action.choices, dict) and name in action.choices:
+            parser = action.choices[name]
+            assert isinstance(parser, argparse.ArgumentParser)
+            return parser
+    raise AssertionError(f"no `harness {name}` subcommand")
+
+
 def test_cpu_image_command_parses_with_harness_serve() -> None:
-    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    serve = _subcommand("serve")
     if "--host" not in serve._option_string_actions:
         pytest.xfail("`harness serve --host` is not there yet; docker/Dockerfile.cpu needs it")
     argv = yaml.safe_load(next(a for k, a in dockerfile(DOCKER / "Dockerfile.cpu") if k == "CMD"))
@@ -193,10 +205,12 @@ def test_copied_files_exist_and_are_in_the_build_context(name: str) -> None:
 # --- the compose files ------------------------------------------------------------------------------
 
 
-def _health_url(service: dict) -> str:
+def _health_url(service: dict[str, Any]) -> str:
     test = service["healthcheck"]["test"]
     assert test[0] == "CMD"
-    return re.search(r"https?://[^'\"]+", " ".join(test)).group(0)  # type: ignore[union-attr]
+    url = re.search(r"https?://[^'\"]+", " ".join(test))
+    assert url, test
+    return url.group(0)
 
 
 @pytest.mark.parametrize("name", ["compose.gpu.yaml", "compose.cpu.yaml"])
@@ -217,7 +231,7 @@ def test_harness_waits_for_a_healthy_server_and_runs_against_it(name: str) -> No
     extra = shlex.split(interpolate(harness["command"], {"HARNESS_ARGS": "--seed 3 --no-solo"}))
     assert extra[-3:] == ["--seed", "3", "--no-solo"]
     # Every flag parses with the real `harness run`.
-    run = build_parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    run = _subcommand("run")
     assert run.parse_args(extra[1:]).target == "http://vllm:8000"
 
 

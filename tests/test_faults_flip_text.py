@@ -20,10 +20,10 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from harness.faults import catalog
+from harness.client import GenerationRequest, TargetClient
+from harness.faults import flip
 from harness.faults.proxy import FaultProxy
 from harness.scenario.words import word_pool
-from harness.client.http import GenerationRequest, TargetClient
 from tests.scripted import serve_app
 
 TOKENS = [" a", " bb", " ccc", " dddd"]
@@ -157,9 +157,8 @@ def _completion_view(resp: httpx.Response, stream: bool) -> tuple[str, list[str]
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 async def test_flip_edits_text_keyed_completions_consistently(fake: FakeLlamaCpp, stream: bool) -> None:
     body = {"model": "tiny-llama", "prompt": "x y z", "max_tokens": 4, "logprobs": 3, "stream": stream}
-    async with FaultProxy(fake.url, fault="flip", seed=5) as proxy:
-        async with httpx.AsyncClient(timeout=30) as http:
-            resp = await http.post(proxy.url + "/v1/completions", json=body)
+    async with FaultProxy(fake.url, fault="flip", seed=5) as proxy, httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(proxy.url + "/v1/completions", json=body)
     assert resp.status_code == 200 and len(proxy.injections) == 1
     text, toks, lps, tops, offs = _completion_view(resp, stream)
     new = toks[CONFIDENT]
@@ -176,9 +175,8 @@ async def test_flip_edits_text_keyed_completions_consistently(fake: FakeLlamaCpp
 async def test_flip_edits_text_keyed_chat_consistently(fake: FakeLlamaCpp, stream: bool) -> None:
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "x y z"}], "max_tokens": 4,
             "logprobs": True, "top_logprobs": 3, "stream": stream}
-    async with FaultProxy(fake.url, fault="flip", seed=5) as proxy:
-        async with httpx.AsyncClient(timeout=30) as http:
-            resp = await http.post(proxy.url + "/v1/chat/completions", json=body)
+    async with FaultProxy(fake.url, fault="flip", seed=5) as proxy, httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(proxy.url + "/v1/chat/completions", json=body)
     assert len(proxy.injections) == 1
     if stream:
         choices = [p["choices"][0] for p in _events(resp.text)]
@@ -207,7 +205,7 @@ async def test_the_client_recovers_the_flipped_id(fake: FakeLlamaCpp) -> None:
     assert diffs == [CONFIDENT] and len(proxy.injections) == 1
     assert faulted.output_token_ids[CONFIDENT] not in reference.top_logprobs[CONFIDENT]
     ranked = sorted(reference.top_logprobs[CONFIDENT].values(), reverse=True)
-    assert ranked[0] - ranked[1] > catalog.FLIP_MIN_MARGIN
+    assert ranked[0] - ranked[1] > flip.FLIP_MIN_MARGIN
 
 
 async def test_without_a_tokenizer_flip_uses_a_token_the_server_produced(
@@ -224,9 +222,8 @@ async def test_without_a_tokenizer_flip_uses_a_token_the_server_produced(
 
 
 async def test_no_confident_position_no_flip(fake: FakeLlamaCpp, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(catalog, "FLIP_MIN_MARGIN", 10.0)
+    monkeypatch.setattr(flip, "FLIP_MIN_MARGIN", 10.0)
     body = {"model": "tiny-llama", "prompt": "x y z", "max_tokens": 4, "logprobs": 3}
-    async with FaultProxy(fake.url, fault="flip", seed=5) as proxy:
-        async with httpx.AsyncClient(timeout=30) as http:
-            resp = await http.post(proxy.url + "/v1/completions", json=body)
+    async with FaultProxy(fake.url, fault="flip", seed=5) as proxy, httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(proxy.url + "/v1/completions", json=body)
     assert not proxy.injections and _completion_view(resp, False)[1] == TOKENS

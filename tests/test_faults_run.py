@@ -8,20 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from harness.faults.proxy import FaultProxy
-from harness.pipeline import RunConfig, run_isolation
+from harness.engine import RunOptions
+from harness.faults.stack import FaultedStack
+from harness.frontends.runs import run_files
+from harness.history.record import FaultInjection
+from harness.stacks.external import ExternalStack
 from harness.verdict import Verdict
 
 LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
 
 
 def _run_through(fault: str | None, embedded_url: str, tmp_path: Path, scenarios: list[str], rate: float = 1.0):
-    with FaultProxy(embedded_url, fault=fault, rate=rate, seed=3) as proxy:
-        out = run_isolation(RunConfig(target=proxy.url, scenario_paths=[LIBRARY / s for s in scenarios],
-                                      report_dir=tmp_path))
-        injected = len(proxy.injections)
+    stack = FaultedStack(ExternalStack(embedded_url), fault, rate=rate, seed=3)
+    out = run_files([LIBRARY / s for s in scenarios], stack, RunOptions(), tmp_path)
+    injections = [e for e in out.history.events if isinstance(e, FaultInjection)]
+    assert len(injections) == len(stack.proxy.injections), "every injection is in the history"
+    ops = {op.op_id for op in out.history.ops}
+    assert all(i.op_id in ops for i in injections if i.op_id), "injections cite the driver's operations"
     report = json.loads((tmp_path / "report.json").read_text())
-    return out, report, injected
+    return out, report, len(injections)
 
 
 def _failed_checks(report: dict) -> set[str]:

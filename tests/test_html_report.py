@@ -27,10 +27,11 @@ import pytest
 from harness.frontends.cli import main as cli_main
 from harness.faults.proxy import FaultProxy
 from harness.history.record import HistoryWriter, Operation, RunInfo
-from harness.pipeline import RunConfig, run_isolation
-from harness.reporters.html import shared_prefixes, write_html, write_selftest_html
-from harness.reporters.json_report import report_dict
+from harness.frontends.runs import RunConfig, run_isolation
+from harness.reporters import html as html_reporter
+from harness.reporters.html import shared_prefixes, write_selftest_html
 from harness.reporters.reproducer import curl_command
+from harness.result import RunResult
 from harness.verdict import CheckResult, Verdict, Violation
 
 LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
@@ -82,6 +83,18 @@ def _assert_self_contained(html: str) -> None:
 
 
 # --- synthetic report folders --------------------------------------------------------------------
+
+def write_html(folder: Path, fallback: bool = True) -> Path:
+    """Render a saved folder's page the way `harness report` does: through `RunResult.load`."""
+    return html_reporter.write_html(RunResult.load(folder), folder, fallback=fallback)
+
+
+def report_v1(verdict: Verdict, results: list[CheckResult], meta: dict) -> dict:
+    """report.json as schema version 1 wrote it (no schema_version): read by `RunResult.load`."""
+    return {"verdict": verdict.value, "metadata": meta, "checks": [
+        {"name": r.name, "description": r.description, "verdict": r.verdict.value, "exercised": r.exercised,
+         "drift": r.drift, "violations": [v.__dict__ for v in r.violations], "notes": r.notes} for r in results]}
+
 
 def synth_folder(d: Path, *, scenarios: int = 1, users: int = 3, turns: int = 1, prompt_len: int = 96,
                  violations: int = 1, payload: str | None = None, seed: int = 0) -> dict:
@@ -163,7 +176,7 @@ def synth_folder(d: Path, *, scenarios: int = 1, users: int = 3, turns: int = 1,
                                                                           for i_ in v.op_ids) + "\n")
         (r / "violation.json").write_text(json.dumps(v.__dict__))
         meta["reproducers"].append(str(r))
-    report = report_dict(Verdict.FAIL if found else Verdict.PASS, results, meta)
+    report = report_v1(Verdict.FAIL if found else Verdict.PASS, results, meta)
     (d / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -222,11 +235,9 @@ def test_report_command_rerenders_and_rejects(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_render_bug_keeps_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pipeline's call falls back to an error page (the verdict survives); `harness report` raises."""
-    import harness.reporters.html as html
-
+    """A live run's call falls back to an error page (the verdict survives); `harness report` raises."""
     synth_folder(tmp_path)
-    monkeypatch.setattr(html, "build_cache", lambda history: 1 / 0)
+    monkeypatch.setattr(html_reporter, "build_cache", lambda history: 1 / 0)
     page = write_html(tmp_path).read_text()
     assert "could not be rendered" in page and "ZeroDivisionError" in page
     with pytest.raises(ZeroDivisionError):
@@ -266,7 +277,7 @@ def test_passing_run_page_in_chromium(embedded_url: str, tmp_path: Path) -> None
     out = run_isolation(RunConfig(target=embedded_url, scenario_paths=[LIBRARY / "strict-prefix.yaml"],
                                   report_dir=tmp_path))
     page = tmp_path / "report.html"
-    assert page.is_file(), "run_isolation must write report.html"
+    assert page.is_file(), "a run must write report.html"
     _assert_self_contained(page.read_text())
     dom = dump_dom(page)
     _assert_page(dom, out.verdict.value, out.report)

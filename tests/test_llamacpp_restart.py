@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.client import TargetClient
 from harness.driver.driver import DriverOptions, RunSpec, drive_run
+from harness.engine import RunOptions
+from harness.frontends.runs import run_files
 from harness.history.record import HistoryWriter
-from harness.pipeline import RunConfig, run_isolation
 from harness.scenario.io import load_scenario
 from harness.scenario.render import make_nonce, plan_scenario
-from harness.client.http import TargetClient
+from harness.stacks import make_stack
 from harness.stacks.llamacpp import llama_cpp_available
 from harness.verdict import Verdict
 
@@ -31,8 +33,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
 
 @pytest.mark.skipif(not _OK, reason=_WHY)
 def test_launched_llamacpp_gets_a_fresh_process_per_solo_request(tmp_path: Path) -> None:
-    out = run_isolation(RunConfig(stack="llama-cpp", scenario_paths=[LIBRARY / "strict-prefix.yaml"],
-                                  report_dir=tmp_path))
+    out = run_files([LIBRARY / "strict-prefix.yaml"], make_stack(None, "llama-cpp"), RunOptions(), tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
     meta = report["metadata"]
     assert meta["embedded"] and meta["solo_isolation"] == "restart", meta
@@ -41,7 +42,7 @@ def test_launched_llamacpp_gets_a_fresh_process_per_solo_request(tmp_path: Path)
     assert transparency["verdict"] == "pass" and transparency["exercised"] > 0, transparency
     assert checks["counterfactual-isolation"]["verdict"] == "pass"
     # The server's own log shows one start per solo request, plus the first.
-    records = [json.loads(line) for line in open(tmp_path / "history.jsonl")]
+    records = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     solo_ops = [r for r in records if r["kind"] == "op" and r["run"] == "solo"]
     port = int(re.search(r":(\d+)$", meta["target"]).group(1))  # type: ignore[union-attr]
     log = (Path(".cache") / "logs" / f"llamacpp-{port}.log").read_text(errors="replace")

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from harness.faults.proxy import FaultProxy
-from harness.pipeline import RunOutcome
-from harness.frontends.pytest_plugin import IsolationFailure, assert_isolated, format_outcome, scenario_paths
+from harness.frontends.pytest_plugin import IsolationFailure, assert_isolated, format_outcome, scenario_objects
+from harness.history.record import History
+from harness.result import RunMeta, RunResult
 from harness.scenario.io import ScenarioError, parse_scenario
-from harness.verdict import CheckResult, Verdict, Violation
+from harness.verdict import CheckResult, Decision, Verdict, Violation
 
 pytest_plugins = ["pytester"]
 
@@ -197,11 +198,11 @@ def test_marker_options_and_call_options_reach_the_run(pytester: pytest.Pytester
 
     seen: list = []
 
-    def fake_run(cfg):  # noqa: ANN001, ANN202 - stands in for run_isolation
-        seen.append(cfg)
-        return RunOutcome(Verdict.PASS, [], {}, cfg.report_dir)
+    def fake_run(scenarios, target, options, report_dir):  # noqa: ANN001, ANN202 - stands in for run_objects
+        seen.append((scenarios, target, options, report_dir))
+        return _result(report_dir, Verdict.PASS)
 
-    monkeypatch.setattr(plugin, "run_config", fake_run)
+    monkeypatch.setattr(plugin, "run_objects", fake_run)
     (pytester.path / "team.yaml").write_text(TEAM_SCENARIO)
     pytester.makepyfile(f"""
         import pytest
@@ -214,43 +215,49 @@ def test_marker_options_and_call_options_reach_the_run(pytester: pytest.Pytester
     result = pytester.runpytest(*_plugin_args(), "--isolation-target", "http://127.0.0.1:9",
                                 "--isolation-report-dir", "out")
     result.assert_outcomes(passed=1)
-    first, second = seen
-    assert (first.policy, first.seed, first.target) == ("salted", 4, "http://127.0.0.1:9")
+    (sc1, target, first, dir1), (sc2, _, second, dir2) = seen
+    assert (first.policy, first.seed, target) == ("salted", 4, "http://127.0.0.1:9")
     assert (second.policy, second.seed, second.tolerance) == ("shared-prefix", 4, 0.5)
-    assert first.report_dir == pytester.path / "out" / "test_marker_options_and_call_options_reach_the_run.py_test_x"
-    assert second.report_dir.name == first.report_dir.name + "-2"
-    assert first.scenario_paths == [Path("team.yaml")]  # as given, relative to the current folder
-    assert second.scenario_paths[0].read_text() == TEAM_SCENARIO
+    assert dir1 == pytester.path / "out" / "test_marker_options_and_call_options_reach_the_run.py_test_x"
+    assert dir2.name == dir1.name + "-2"
+    assert first.scenario_files == ("team.yaml",)  # as given, relative to the current folder
+    assert sc1 == sc2 == [parse_scenario(TEAM_SCENARIO)]  # YAML text is parsed in memory, never written
+    assert not list(pytester.path.glob("out/*-input"))
 
 
 def test_scenario_inputs(tmp_path: Path) -> None:
     sc = parse_scenario(TEAM_SCENARIO)
-    scratch = tmp_path / "scratch"
-    # A Scenario object and YAML text are written to the scratch folder and load back the same.
-    [from_obj, from_text] = scenario_paths([sc, TEAM_SCENARIO], scratch)
-    assert from_obj.parent == scratch and parse_scenario(from_obj.read_text()) == sc
-    assert from_text.read_text() == TEAM_SCENARIO
+    # A Scenario object is used as given and YAML text is parsed in memory: nothing is written.
+    [(_, from_obj), (_, from_text)] = scenario_objects([sc, TEAM_SCENARIO])
+    assert from_obj is sc and from_text == sc
+    assert not list(tmp_path.iterdir())
     # A relative path is looked up beside the test file when the current folder lacks it.
     (tmp_path / "tests" / "iso").mkdir(parents=True)
     (tmp_path / "tests" / "iso" / "a.yaml").write_text(TEAM_SCENARIO)
-    assert scenario_paths("iso/a.yaml", scratch, tmp_path / "tests") == [tmp_path / "tests" / "iso" / "a.yaml"]
+    [(source, loaded)] = scenario_objects("iso/a.yaml", tmp_path / "tests")
+    assert Path(source) == tmp_path / "tests" / "iso" / "a.yaml" and loaded == sc
     with pytest.raises(ScenarioError, match="no such file"):
-        scenario_paths("missing.yaml", scratch, tmp_path)
+        scenario_objects("missing.yaml", tmp_path)
     with pytest.raises(ScenarioError, match="unknown field"):
-        scenario_paths(TEAM_SCENARIO + "bogus: 1\n", scratch)
+        scenario_objects(TEAM_SCENARIO + "bogus: 1\n")
     with pytest.raises(TypeError):
-        scenario_paths(42, scratch)
+        scenario_objects(42)
 
 
-def _outcome(tmp_path: Path, verdict: Verdict, violations: list[Violation], error: str | None = None) -> RunOutcome:
+def _result(folder: Path, verdict: Verdict, results: list[CheckResult] | None = None, error: str | None = None,
+            reproducers: list[str] | None = None) -> RunResult:
+    return RunResult(decision=Decision(verdict, [], results or []), known=[], history=History([]), meta=RunMeta(),
+                     error=error, report_dir=folder, reproducers=reproducers or [])
+
+
+def _outcome(tmp_path: Path, verdict: Verdict, violations: list[Violation], error: str | None = None) -> RunResult:
     repro = tmp_path / "reproducers" / "001-cache-transparency-demo"
     repro.mkdir(parents=True)
     (repro / "scenario.yaml").write_text("# Reproducer for a cache-transparency violation\nname: demo\n")
     (repro / "requests.sh").write_text("#!/usr/bin/env sh\ncurl -sS http://x/v1/completions\n" + "x" * 10000)
     results = [CheckResult("cache-transparency", verdict, 1, violations),
                CheckResult("exercised", Verdict.UNKNOWN, 0, notes=["no cache hit across users"])]
-    report = {"metadata": {"reproducers": [str(repro)]}}
-    return RunOutcome(verdict, results, report, tmp_path, error)
+    return _result(tmp_path, verdict, results, error, [str(repro)])
 
 
 def test_failure_message_quotes_the_reproducer(tmp_path: Path) -> None:
@@ -270,6 +277,6 @@ def test_unknown_fails_unless_allowed(tmp_path: Path) -> None:
     assert_isolated(outcome, allow_unknown=True)
     with pytest.raises(IsolationFailure, match="(?s)UNKNOWN.*unreachable.*no cache hit across users"):
         assert_isolated(outcome)
-    assert_isolated(RunOutcome(Verdict.PASS, [], {}, tmp_path))
+    assert_isolated(_result(tmp_path, Verdict.PASS))
     assert "isolation verdict UNKNOWN" in format_outcome(outcome)
 

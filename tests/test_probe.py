@@ -18,7 +18,7 @@ import pytest
 
 from harness.frontends.cli import main
 from harness.probe.capabilities import Capabilities, probe, request_fields
-from harness.client.http import TargetClient
+from harness.client import TargetClient
 from harness.testmodel.embedded_model import ADAPTER_NAMES
 
 

@@ -79,7 +79,7 @@ def found_examples(**extra: Any) -> Callable[[F], F]:
 def main_ops(scenario: Scenario, url: str, nonce: str) -> dict[tuple[str, int], Operation]:
     """Run only the main run of `scenario` with a fixed nonce; its operations by (user, turn)."""
     with tempfile.TemporaryDirectory(prefix="prop-") as d, \
-            mock.patch("harness.pipeline.make_nonce", return_value=nonce):
+            mock.patch("harness.driver.campaign.make_nonce", return_value=nonce):
         out = run_scenario(scenario, url, Path(d), counterfactual=False, solo=False)
         assert out.error is None, out.error
         ops = [r for r in read_history(Path(d) / "history.jsonl") if isinstance(r, Operation) and r.run == "main"]

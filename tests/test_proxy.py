@@ -1,8 +1,8 @@
 """The fault-injecting proxy: transparent without a fault, each fault changes what it claims, errors pass.
 
 Three groups: (1) transparency against the real embedded server (same tokens, prompt tokens and
-cached counts through the proxy as direct); (2) each catalog fault, against the real server,
-demonstrably changes what its catalog entry says and nothing it should not; (3) bad traffic from
+cached counts through the proxy as direct); (2) each registered fault, against the real server,
+demonstrably changes what its spec says and nothing it should not; (3) bad traffic from
 a deliberately broken fake upstream passes through and never hangs.
 """
 
@@ -20,11 +20,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from harness.frontends.cli import main as cli_main
-from harness.faults import catalog
+from harness.client import Endpoint, GenerationRequest, GenerationResult, TargetClient
+from harness.faults import all_faults, bleed, flip, stale
 from harness.faults.proxy import FaultProxy
+from harness.frontends.cli import main as cli_main
 from harness.scenario.words import draw_words
-from harness.client.http import Endpoint, GenerationRequest, GenerationResult, TargetClient
 from harness.stacks.vllm import free_port
 from tests.scripted import serve_app
 
@@ -76,14 +76,13 @@ async def direct(embedded_url: str) -> AsyncIterator[TargetClient]:
 async def test_no_fault_is_transparent(embedded_url: str, direct: TargetClient, endpoint: Endpoint,
                                        stream: bool) -> None:
     req = _request(endpoint, " ".join(_words(45)), stream=stream, top_logprobs=5)
-    async with FaultProxy(embedded_url) as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            await _reset(direct)
-            cold_direct = await _gen(direct, req)
-            await _reset(via)  # POST /reset_prefix_cache goes through the proxy too
-            cold_via = await _gen(via, req)
-            warm_direct = await _gen(direct, req)
-            warm_via = await _gen(via, req)
+    async with FaultProxy(embedded_url) as proxy, TargetClient(proxy.url, timeout_s=STEP_S) as via:
+        await _reset(direct)
+        cold_direct = await _gen(direct, req)
+        await _reset(via)  # POST /reset_prefix_cache goes through the proxy too
+        cold_via = await _gen(via, req)
+        warm_direct = await _gen(direct, req)
+        warm_via = await _gen(via, req)
     assert cold_via.output_token_ids == cold_direct.output_token_ids
     assert cold_via.prompt_token_ids == cold_direct.prompt_token_ids
     assert cold_via.cached_tokens == cold_direct.cached_tokens == 0
@@ -96,21 +95,20 @@ async def test_no_fault_is_transparent(embedded_url: str, direct: TargetClient, 
 
 
 async def test_other_paths_are_forwarded(embedded_url: str) -> None:
-    async with FaultProxy(embedded_url) as proxy:
-        async with httpx.AsyncClient(timeout=STEP_S) as http:
-            for path in ("/v1/models", "/version", "/openapi.json", "/health", "/metrics"):
-                a = await http.get(embedded_url + path)
-                b = await http.get(proxy.url + path)
-                assert (path, b.status_code) == (path, a.status_code)
-                assert b.headers.get("content-type") == a.headers.get("content-type")
-                if path == "/metrics":  # counters move between the two reads
-                    assert "vllm:prefix_cache_queries" in b.text
-                elif path == "/v1/models":  # permission ids are minted per call
-                    assert [m["id"] for m in b.json()["data"]] == [m["id"] for m in a.json()["data"]]
-                else:
-                    assert b.content == a.content, path
-            missing = await http.get(proxy.url + "/no/such/path?x=1")
-            assert missing.status_code == 404
+    async with FaultProxy(embedded_url) as proxy, httpx.AsyncClient(timeout=STEP_S) as http:
+        for path in ("/v1/models", "/version", "/openapi.json", "/health", "/metrics"):
+            a = await http.get(embedded_url + path)
+            b = await http.get(proxy.url + path)
+            assert (path, b.status_code) == (path, a.status_code)
+            assert b.headers.get("content-type") == a.headers.get("content-type")
+            if path == "/metrics":  # counters move between the two reads
+                assert "vllm:prefix_cache_queries" in b.text
+            elif path == "/v1/models":  # permission ids are minted per call
+                assert [m["id"] for m in b.json()["data"]] == [m["id"] for m in a.json()["data"]]
+            else:
+                assert b.content == a.content, path
+        missing = await http.get(proxy.url + "/no/such/path?x=1")
+        assert missing.status_code == 404
 
 
 # --- (2) each fault changes what it says ----------------------------------------------------------
@@ -139,7 +137,7 @@ async def test_flip_changes_one_confident_token(embedded_url: str, direct: Targe
     diffs = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
     assert len(diffs) == 1
     k = diffs[0]
-    assert _margin(reference.top_logprobs[k]) > catalog.FLIP_MIN_MARGIN  # not a near-tie
+    assert _margin(reference.top_logprobs[k]) > flip.FLIP_MIN_MARGIN  # not a near-tie
     assert b[k] not in reference.top_logprobs[k]
     assert b[k] in faulted.top_logprobs[k] and faulted.token_logprobs[k] < min(reference.top_logprobs[k].values())
     assert faulted.prompt_token_ids == reference.prompt_token_ids
@@ -156,10 +154,9 @@ async def test_salt_faults_let_salts_share(embedded_url: str, direct: TargetClie
     control = await _gen(direct, req)
     assert (await _gen(direct, other_salt)).cached_tokens == 0  # the server itself keeps salts apart
     await _reset(direct)
-    async with FaultProxy(embedded_url, fault=fault) as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            first = await _gen(via, req)
-            second = await _gen(via, other_salt)
+    async with FaultProxy(embedded_url, fault=fault) as proxy, TargetClient(proxy.url, timeout_s=STEP_S) as via:
+        first = await _gen(via, req)
+        second = await _gen(via, other_salt)
     assert first.cached_tokens == 0 and first.output_token_ids == control.output_token_ids
     assert second.cached_tokens and second.cached_tokens >= 32  # a different salt hit the cache
     assert [i.seq for i in proxy.injections] == [1, 2]
@@ -180,16 +177,15 @@ async def test_phantom_hit_inflates_cached_tokens(embedded_url: str, direct: Tar
     assert faulted.prompt_tokens is not None
     assert faulted.cached_tokens == faulted.prompt_tokens // 32 * 32 > 0
     assert faulted.output_token_ids == real.output_token_ids
-    assert len(proxy.injections) == 1 and again.cached_tokens is not None and 0 < again.cached_tokens
+    assert len(proxy.injections) == 1 and again.cached_tokens is not None and again.cached_tokens > 0
 
 
 @pytest.mark.parametrize(("endpoint", "stream"), [("completions", False), ("chat", True)])
 async def test_noise_moves_logprobs_not_tokens(embedded_url: str, direct: TargetClient, endpoint: Endpoint,
                                               stream: bool) -> None:
     req = _request(endpoint, " ".join(_words(30)), stream=stream, top_logprobs=5)
-    async with FaultProxy(embedded_url, fault="noise") as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            noisy = await _gen(via, req)
+    async with FaultProxy(embedded_url, fault="noise") as proxy, TargetClient(proxy.url, timeout_s=STEP_S) as via:
+        noisy = await _gen(via, req)
     clean = await _gen(direct, req)
     assert noisy.output_token_ids == clean.output_token_ids and noisy.prompt_token_ids == clean.prompt_token_ids
     assert noisy.output_text == clean.output_text
@@ -209,15 +205,14 @@ async def test_context_faults_pull_in_another_tenants_prompt(embedded_url: str, 
     a2_words = _words(40)
     same_tenant = _request(endpoint, " ".join(a2_words), user="a2", tenant="A")
     b_req = _request(endpoint, " ".join(_words(30)), user="b1", tenant="B")
-    async with FaultProxy(embedded_url, fault=fault) as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            await _gen(via, _request(endpoint, " ".join(_words(30)), user="a1", tenant="A"))
-            kept = await _gen(via, same_tenant)  # another user of the same tenant is not a source
-            faulted = await _gen(via, b_req)  # the latest prompt of another tenant (a2's) is
+    async with FaultProxy(embedded_url, fault=fault) as proxy, TargetClient(proxy.url, timeout_s=STEP_S) as via:
+        await _gen(via, _request(endpoint, " ".join(_words(30)), user="a1", tenant="A"))
+        kept = await _gen(via, same_tenant)  # another user of the same tenant is not a source
+        faulted = await _gen(via, b_req)  # the latest prompt of another tenant (a2's) is
     assert (await _gen(direct, same_tenant)).prompt_token_ids == kept.prompt_token_ids
     clean = await _gen(direct, b_req)
     assert faulted.prompt_token_ids is not None and clean.prompt_token_ids is not None
-    n_added = catalog.BLEED_TAIL_WORDS if fault == "bleed" else len(a2_words)
+    n_added = bleed.BLEED_TAIL_WORDS if fault == "bleed" else len(a2_words)
     added = _words_tokens(embedded_url, " ".join(a2_words[-n_added:]))
     assert len(added) == n_added  # one token per pool word (with its leading space) on the embedded model
     assert len(faulted.prompt_token_ids) > len(clean.prompt_token_ids)
@@ -268,16 +263,15 @@ async def test_swap_leaves_one_users_requests_alone(embedded_url: str, direct: T
 
 
 async def test_stale_serves_a_different_prompts_answer(embedded_url: str, direct: TargetClient) -> None:
-    shared = _words(catalog.STALE_MIN_PREFIX_WORDS + 4)
+    shared = _words(stale.STALE_MIN_PREFIX_WORDS + 4)
     first = _request("completions", " ".join(shared + _words(8)), user="u1")
     second = _request("completions", " ".join(shared + _words(8)), user="u2", stream=True)
     short = _request("completions", " ".join(shared[:20] + _words(20)), user="u3")
-    async with FaultProxy(embedded_url, fault="stale") as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            got_first = await _gen(via, first)
-            got_second = await _gen(via, second)
-            got_short = await _gen(via, short)
-            again = await _gen(via, first)  # the identical prompt is a correct hit, not a stale one
+    async with FaultProxy(embedded_url, fault="stale") as proxy, TargetClient(proxy.url, timeout_s=STEP_S) as via:
+        got_first = await _gen(via, first)
+        got_second = await _gen(via, second)
+        got_short = await _gen(via, short)
+        again = await _gen(via, first)  # the identical prompt is a correct hit, not a stale one
     clean_second = await _gen(direct, second)
     assert clean_second.output_token_ids != got_first.output_token_ids
     assert got_second.output_token_ids == got_first.output_token_ids
@@ -473,19 +467,18 @@ async def test_unreachable_upstream_is_502() -> None:
 
 async def test_plain_stream_is_relayed_unbuffered(broken: BrokenUpstream) -> None:
     """With no fault, the first chunk arrives while the upstream is still holding the rest back."""
-    async with FaultProxy(broken.url) as proxy:
-        async with httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http:
-            async def run() -> list[str]:
-                lines: list[str] = []
-                async with http.stream("POST", "/v1/completions", json=_body("gated", True)) as r:
-                    async for line in r.aiter_lines():
-                        if line:
-                            lines.append(line)
-                        if len(lines) == 1:
-                            broken.gate.set()  # only now may the upstream finish
-                return lines
+    async with FaultProxy(broken.url) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http:
+        async def run() -> list[str]:
+            lines: list[str] = []
+            async with http.stream("POST", "/v1/completions", json=_body("gated", True)) as r:
+                async for line in r.aiter_lines():
+                    if line:
+                        lines.append(line)
+                    if len(lines) == 1:
+                        broken.gate.set()  # only now may the upstream finish
+            return lines
 
-            lines = await asyncio.wait_for(run(), 20.0)
+        lines = await asyncio.wait_for(run(), 20.0)
     assert len(lines) == 3 and lines[-1] == "data: [DONE]"
 
 
@@ -516,16 +509,15 @@ def test_sync_context_manager_and_unknown_fault() -> None:
         FaultProxy("http://127.0.0.1:9", fault="nope")
     with pytest.raises(ValueError):
         FaultProxy("http://127.0.0.1:9", fault="flip", rate=2.0)
-    with FaultProxy("http://127.0.0.1:9") as first:
-        with pytest.raises(OSError):
-            FaultProxy("http://127.0.0.1:9", port=first.port).start()
+    with FaultProxy("http://127.0.0.1:9") as first, pytest.raises(OSError):
+        FaultProxy("http://127.0.0.1:9", port=first.port).start()
 
 
 def test_cli_lists_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["proxy", "--list"]) == 0
     out = capsys.readouterr().out
-    for spec in catalog.CATALOG.values():
+    for spec in all_faults():
         assert spec.name in out
     assert "benign" in out and "fault" in out
-    assert set(catalog.BENIGN_NAMES) == {"noise", "delay", "reorder"}
+    assert {f.name for f in all_faults("benign")} == {"noise", "delay", "reorder"}
     assert cli_main(["proxy"]) == 2

@@ -12,7 +12,7 @@ import pytest
 
 from harness.frontends.cli import main
 from harness.history.record import Operation, read_history
-from harness.pipeline import RunConfig, run_isolation
+from harness.frontends.runs import RunConfig, run_isolation
 from harness.stacks.vllm import EmbeddedServer
 from harness.verdict import Verdict
 
@@ -35,7 +35,8 @@ def test_library_passes_on_embedded_server(embedded_url: str, tmp_path: Path) ->
         report["metadata"]["scenario_files"])
     history = read_history(tmp_path / "history.jsonl")
     ops = [r for r in history if isinstance(r, Operation)]
-    assert len(ops) == report["metadata"]["requests"]
+    assert len(ops) == report["metadata"]["requests"] == len(out.history.ops)  # streamed = in memory
+    assert out.verdict.value == report["verdict"] and out.reasons == report["reasons"]
     assert all(o.ok for o in ops if not o.run.startswith("adversary"))  # hostile input may be refused
     assert any(o.run == "adversary" for o in ops)
     assert {o.run for o in ops} == {"main", "cf-0", "cf-1", "solo", "adversary", "adversary-alone"}

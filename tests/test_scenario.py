@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.plan.cover import code_length, observable_pairs, pairs_present
 from harness.plan.plans import counterfactual_variants
 from harness.scenario.io import ScenarioError, dump_scenario, load_scenarios, parse_scenario
 from harness.scenario.render import plan_scenario, prefix_text
@@ -64,9 +65,12 @@ def test_counterfactual_redraws_others_at_same_lengths_and_keeps_prefixes() -> N
     sc = parse_scenario(GOOD)
     base = {p.user: p for p in plan_scenario(sc, " x y z")}
     variants = counterfactual_variants(sc)
-    assert len(variants) == 2
+    tenant_of = {u.name: u.tenant for u in sc.users}
     fixed_sets = [{u for u, v in var.items() if v == 0} for var in variants]
-    assert fixed_sets[0] | fixed_sets[1] == {"u1", "u2", "u3"} and not fixed_sets[0] & fixed_sets[1]
+    assert len(variants) == code_length(len(set(tenant_of.values())))
+    assert observable_pairs(tenant_of, fixed_sets) == pairs_present(tenant_of)
+    for fixed in fixed_sets:  # a tenant's users are held fixed or re-drawn together
+        assert all((tenant_of[u] in {tenant_of[f] for f in fixed}) == (u in fixed) for u in tenant_of)
     for var in variants:
         for p in plan_scenario(sc, " x y z", var):
             b = base[p.user]
@@ -75,8 +79,10 @@ def test_counterfactual_redraws_others_at_same_lengths_and_keeps_prefixes() -> N
             if var[p.user] == 0:
                 assert p == b
             else:
-                # private words re-drawn; the tenant's canaries (its secrets) are kept
-                assert p.turn_texts != b.turn_texts and p.canaries == b.canaries
+                # private words re-drawn, and so are the tenant's canaries (its secrets), at the same lengths
+                assert p.turn_texts != b.turn_texts
+                assert [len(c.split()) for c in p.canaries] == [len(c.split()) for c in b.canaries]
+                assert not set(p.canaries) & set(b.canaries)
 
 
 def test_restricted_scenario_keeps_remaining_users_content() -> None:

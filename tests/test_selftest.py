@@ -13,13 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from harness.checks.base import Need
+from harness.faults import all_faults
 from harness.frontends.cli import main as cli_main
 from harness.frontends.commands import selftest as st
-from harness.faults.catalog import BENIGN_NAMES, CATALOG, CHECK_NEEDS, FAULT_NAMES, NEEDS
-from harness.pipeline import RunOutcome
-from harness.reporters.html import render_selftest_html
+from harness.history.record import FaultInjection, History
 from harness.probe.capabilities import Capabilities, Capability
-from harness.verdict import CheckResult, Verdict
+from harness.reporters.html import render_selftest_html
+from harness.result import RunMeta, RunResult
+from harness.verdict import CheckResult, Verdict, decide
+
+FAULT_NAMES = [f.name for f in all_faults("fault")]
+BENIGN_NAMES = [f.name for f in all_faults("benign")]
 
 # What the probe finds on llama-cpp-python 0.3.36 (docs/llamacpp.md) and on the embedded vLLM.
 NO_COUNTS = "the target reports no cached-token counts"
@@ -49,18 +54,17 @@ def _caps(**available: bool | None) -> Capabilities:
 # --- the vocabulary ------------------------------------------------------------------------------
 
 
-def test_catalog_needs_are_known_capabilities() -> None:
-    for spec in CATALOG.values():
-        assert set(spec.needs) <= set(NEEDS), spec.name
-        assert set(spec.detectors) <= set(CHECK_NEEDS), spec.name
+def test_fault_specs_name_registered_checks_and_library_scenarios() -> None:
+    checks = st.check_needs()
+    library = {p.name for p in st.LIBRARY.glob("*.yaml")}
+    for spec in all_faults():
+        assert all(isinstance(n, Need) for n in spec.needs), spec.name
+        assert set(spec.detectors) <= set(checks), spec.name
         assert (spec.kind == "fault") == bool(spec.detectors), spec.name
-    for check, needs in CHECK_NEEDS.items():
-        assert set(needs) <= set(NEEDS), check
-    from harness.audit.timing import CACHED_CHECK, TIMING_CHECK
-    from harness.checks.base import REGISTRY
-    import harness.checks  # noqa: F401  (registers the checks)
-
-    assert set(REGISTRY) | {TIMING_CHECK, CACHED_CHECK} == set(CHECK_NEEDS)
+        assert spec.scenarios and set(spec.scenarios) <= library, spec.name
+        assert spec.description.startswith(spec.changes), spec.name
+    assert {"timing-side-channel", "cached-tokens-side-channel"} <= set(checks)
+    assert [f.name for f in all_faults() if f.timing_audit] == ["salt-drop", "salt-merge", "delay"]
 
 
 def test_offered_reads_the_probe() -> None:
@@ -163,19 +167,15 @@ def test_overall_ok() -> None:
 
 
 def _fake_run(detect: dict[str, str], benign: dict[str, str]):
-    """A stand-in for run_isolation: faults in `detect` FAIL that check; other runs get `benign`."""
-    def run(cfg, console=None):
-        cfg.report_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.report_dir / "history.jsonl").write_text("")
-        fault = cfg.report_dir.name
+    """A stand-in for run_fault: faults in `detect` FAIL that check; other runs get `benign`."""
+    def run(name: str, target: str, scenarios: Path, out_dir: Path, seed: int) -> tuple[RunResult, int]:
         verdicts = dict(benign)
-        if fault in detect:
-            verdicts[detect[fault]] = "fail"
+        if name in detect:
+            verdicts[detect[name]] = "fail"
         results = [CheckResult(c, Verdict(v)) for c, v in verdicts.items()]
-        overall = "fail" if "fail" in verdicts.values() else "unknown" if "unknown" in verdicts.values() else "pass"
-        report = {"checks": [{"name": c, "verdict": v, "violations": []} for c, v in verdicts.items()],
-                  "metadata": {"requests": 10}}
-        return RunOutcome(Verdict(overall), results, report, cfg.report_dir)
+        injected = [FaultInjection(name, 1.0, "op-1")] * (3 if name in detect else 0)
+        result = RunResult(decide(results), [], History(list(injected)), RunMeta(requests=10))
+        return result, sum(isinstance(e, FaultInjection) for e in result.history.events)
     return run
 
 
@@ -199,7 +199,7 @@ def test_selftest_command(caps, detect: dict[str, str], code: int, tmp_path: Pat
         return caps()
 
     monkeypatch.setattr(st, "_probe", probe)
-    monkeypatch.setattr(st, "run_isolation", _fake_run(detect, LLAMACPP_BENIGN))
+    monkeypatch.setattr(st, "run_fault", _fake_run(detect, LLAMACPP_BENIGN))
     rc = cli_main(["selftest", "--target", "http://127.0.0.1:9", "--report-dir", str(tmp_path), "--no-timing"])
     assert rc == code
     data = json.loads((tmp_path / "selftest.json").read_text())
@@ -209,7 +209,7 @@ def test_selftest_command(caps, detect: dict[str, str], code: int, tmp_path: Pat
     if caps is _llamacpp_caps:
         assert set(data["not_applicable"]) == {"salt-drop", "salt-merge", "phantom-hit"}
         assert data["capabilities"]["cached-tokens"] == {"offered": False, "why_not": NO_COUNTS,
-                                                         "what": NEEDS["cached-tokens"]}
+                                                         "what": Need.CACHED_TOKENS.description}
         phantom = data["faults"]["phantom-hit"]
         assert phantom["verdict"] == "n/a" and "cache-accounting" in phantom["reason"] and phantom["good"]
         assert all(data["faults"][b]["good"] for b in BENIGN_NAMES)

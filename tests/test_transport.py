@@ -12,7 +12,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from harness.client.http import GenerationRequest, TargetClient, default_transport
+from harness.client import GenerationRequest, TargetClient, default_transport
 from tests.scripted import serve_app
 
 EVENT = (b'data: {"model": "m", "choices": [{"index": 0, "text": " a", "token_ids": [7], "logprobs": '

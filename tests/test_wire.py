@@ -7,12 +7,13 @@ import math
 import random
 from typing import Any
 
+import httpx
 import pytest
-from httpx_sse._decoders import SSEDecoder
+from httpx_sse import EventSource
 
 from harness import fastjson
+from harness.client import SSEData, by_id, stream_data
 from harness.history.record import Operation, _from_json, _to_json
-from harness.client.http import _by_id, _SSEData
 
 STREAM = (b'data: {"a": 1}\r\n\r\n'
           b'event: ping\n: a comment\ndata: {"b":\ndata: 2}\n\n'
@@ -20,17 +21,14 @@ STREAM = (b'data: {"a": 1}\r\n\r\n'
 
 
 def _events(chunks: list[bytes]) -> list[bytes]:
-    events = _SSEData()
+    events = SSEData()
     return [data for chunk in chunks for data in events.feed(chunk)] + events.close()
 
 
 def _reference(stream: bytes) -> list[bytes]:
-    """httpx-sse's decoder over every line of the whole stream (what `_SSEData` must equal)."""
-    decoder, out = SSEDecoder(), []
-    for line in stream.splitlines():
-        if (ev := decoder.decode(line.decode("utf-8", errors="replace"))) is not None and ev.data:
-            out.append(ev.data.encode())
-    return out
+    """httpx-sse's public `EventSource` over the whole stream (what `SSEData` must equal)."""
+    response = httpx.Response(200, headers={"Content-Type": "text/event-stream"}, content=stream)
+    return [ev.data.encode() for ev in EventSource(response).iter_sse() if ev.data]
 
 
 def _cut(stream: bytes, rng: random.Random) -> list[bytes]:
@@ -49,7 +47,7 @@ def test_sse_data_is_the_same_however_the_stream_is_cut() -> None:
 
 def test_sse_fast_path_equals_the_decoder_on_random_streams() -> None:
     """Streams mixing the fast shape (one `data: ` line, LF) with every other SSE form, cut at
-    random: `_SSEData` gives exactly the decoder's events, in order."""
+    random: `SSEData` gives exactly the decoder's events, in order."""
     pieces = [b'data: {"x": 1}\n\n', "data: caf\u00e9 \u79df\n\n".encode(), b"data: \n\n", b"data:  two\n\n",
               b"data:nospace\n\n", b": comment\n\n", b"event: e\ndata: ev\n\n", b"data: a\ndata: b\n\n",
               b"id: 7\n\n", b"\n", b"\n\n\n", b"data: unfinished\n", b"retry: 10\ndata: r\n\n", b"data",
@@ -57,7 +55,7 @@ def test_sse_fast_path_equals_the_decoder_on_random_streams() -> None:
     rng = random.Random(11)
     for _ in range(2000):
         stream = b"".join(rng.choices(pieces, k=rng.randint(1, 12)))
-        assert _events([stream]) == _reference(stream), stream
+        assert _events([stream]) == _reference(stream) == stream_data(stream), stream
         if len(stream) > 1:
             chunks = _cut(stream, rng)
             assert _events(chunks) == _reference(stream), chunks
@@ -98,20 +96,20 @@ def test_history_records_round_trip_including_nan_logprobs() -> None:
 
 def test_top_logprobs_by_id_skip_text_and_malformed_keys() -> None:
     top = {"token_id:12": -0.1, "token_id:-3": -2, "hello": -1.0, "token_id:x": -3.0}
-    assert _by_id(top) == {12: -0.1, -3: -2.0}
+    assert by_id(top) == {12: -0.1, -3: -2.0}
     ids = {"token_id:12": -0.1, "token_id:-3": -2.5}
-    assert _by_id(ids) == _by_id(dict(ids)) == {12: -0.1, -3: -2.5}  # the second from the memo
-    assert _by_id({"token_id:12": None, "token_id:4": -1.0}) == {4: -1.0}  # a null logprob is left out
+    assert by_id(ids) == by_id(dict(ids)) == {12: -0.1, -3: -2.5}  # the second from the memo
+    assert by_id({"token_id:12": None, "token_id:4": -1.0}) == {4: -1.0}  # a null logprob is left out
     for bad in ("abc", [1], {"v": 1}):
         with pytest.raises(ValueError, match="not a number"):
-            _by_id({"token_id:12": bad})
+            by_id({"token_id:12": bad})
 
 
 def _generate_against(bodies: dict[bool, bytes]) -> list[Any]:
     """`generate`'s results, plain and streamed, from a mock server answering 200 with `bodies[stream]`."""
     import httpx
 
-    from harness.client.http import GenerationRequest, TargetClient
+    from harness.client import GenerationRequest, TargetClient
 
     def handler(request: httpx.Request) -> httpx.Response:
         stream = b'"stream":true' in request.content
@@ -147,13 +145,13 @@ def test_a_response_of_the_wrong_shape_is_a_failed_result(body: bytes) -> None:
 
 
 def test_a_null_logprob_is_recorded_as_missing_on_both_endpoints() -> None:
-    from harness.client.http import _Accumulator
+    from harness.client import Accumulator
 
-    completions = _Accumulator("completions")
+    completions = Accumulator("completions")
     completions.add({"choices": [{"index": 0, "text": " a", "logprobs": {
         "tokens": ["token_id:3", "token_id:4"], "token_logprobs": [None, -1.5],
         "top_logprobs": [{"token_id:3": None, "token_id:8": -2.0}, None]}}]})
-    chat = _Accumulator("chat")
+    chat = Accumulator("chat")
     chat.add({"choices": [{"index": 0, "delta": {"content": " a"}, "logprobs": {"content": [
         {"token": "token_id:3", "logprob": None, "top_logprobs": [{"token": "token_id:8", "logprob": -2.0},
                                                                    {"token": "token_id:3", "logprob": None}]},

@@ -262,7 +262,7 @@ def analyse(arms: Mapping[str, Sequence[float]], alpha: float) -> Look:
         tests = [TestResult(name, test, stat, p) for test, (stat, p) in runs]
         comparisons[name] = Comparison(name, s, r, alt, tests, effect(cut[s], cut[r]))
     family = [t for c in comparisons.values() for t in c.tests]
-    for t, adj in zip(family, holm([t.p for t in family])):
+    for t, adj in zip(family, holm([t.p for t in family]), strict=False):
         t.p_holm = adj
         t.rejected = adj <= alpha
     return Look(n, alpha, comparisons)

@@ -27,13 +27,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.audit.stats import (
-    ARMS, CONTROL, MISS, MISS2, PROBE, Decision, Look, SequentialPlan, fewest_probes, look_at,
+    ARMS,
+    CONTROL,
+    MISS,
+    MISS2,
+    PROBE,
+    Decision,
+    Look,
+    SequentialPlan,
+    fewest_probes,
+    look_at,
 )
+from harness.checks import side_channels
+from harness.client import GenerationRequest, TargetClient
+from harness.plan.resolve import split_models
 from harness.scenario.render import make_nonce, words_text
 from harness.scenario.words import draw_words
-from harness.checks import side_channels
-from harness.client.http import GenerationRequest, TargetClient
-from harness.plan.resolve import split_models
 from harness.verdict import CheckResult, Verdict, Violation, overall
 
 POLICIES: tuple[str, ...] = ("salted", "shared-prefix")

@@ -19,7 +19,7 @@ from harness.verdict import CheckResult, Verdict, Violation
        "connection or an unhealthy server")
 def availability(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
-    ops = [o for o in history.ops if o.run.startswith("adversary")]
+    ops = [o for o in history.ops if o.role.hostile]
     if not ops:
         result.verdict = Verdict.NOT_APPLICABLE
         result.notes.append("no scenario had an adversarial tenant")
@@ -40,7 +40,7 @@ def availability(history: History, ctx: CheckContext) -> CheckResult:
             result.violations.append(Violation(
                 check="availability", scenario=o.scenario, users=[], op_ids=[o.op_id],
                 message=f"the server was unhealthy after the adversarial phase: {(o.error or '')[:300]}"))
-    shared = [o for o in ops if "victim-salt" in o.op_id and o.ok and (o.cached_tokens or 0) > 0]
+    shared = [o for o in ops if o.borrowed_salt_of is not None and o.ok and (o.cached_tokens or 0) > 0]
     if shared:
         result.notes.append(
             f"finding: {len(shared)} request(s) sending another tenant's exact cache salt hit that tenant's "

@@ -11,7 +11,7 @@ for the requests that report a hit.
 from __future__ import annotations
 
 from harness.checks.base import CheckContext, Need, check
-from harness.history.record import History, Operation
+from harness.history.record import History, Operation, Role
 from harness.verdict import CheckResult, Verdict
 
 
@@ -67,10 +67,10 @@ def _cross_user_hits(conv: list[Operation]) -> int:
        needs=(Need.CACHED_TOKENS,))
 def exercised(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.PASS)
-    required = {i.scenario for i in history.runs if i.run == "main" and i.requires_cross_user_hits}
+    required = {i.scenario for i in history.runs if Role.of_run(i.run) is Role.MAIN and i.requires_cross_user_hits}
     main_ops: dict[str, list[Operation]] = {}  # one pass, not one scan of the history per scenario
     for o in history.ops:
-        if o.run == "main" and o.ok:
+        if o.role is Role.MAIN and o.ok:
             main_ops.setdefault(o.scenario, []).append(o)
     for scenario in history.scenarios():
         ops = main_ops.get(scenario, [])

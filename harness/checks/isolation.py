@@ -14,23 +14,35 @@ from collections import Counter
 
 from harness.checks.base import CheckContext, Need, check
 from harness.checks.compare import compare_tokens
-from harness.history.record import History, Operation
+from harness.history.record import History, Operation, Role, RunInfo
+from harness.plan.cover import pairs_present
 from harness.verdict import CheckResult, Verdict, Violation
 
 
 def _compare_conversations(
     name: str, scenario: str, ref_run: str, ref_ops: list[Operation], obs_run: str, obs_ops: list[Operation],
     users: set[str], ctx: CheckContext, result: CheckResult,
-) -> None:
+) -> set[str]:
+    """Compare each user's conversation turn by turn up to its first divergence; returns the users
+    whose first turn was compared (so a change in their tokens would have been seen)."""
     ref = History.conversations(ref_ops)
     obs = History.conversations(obs_ops)
+    seen: set[str] = set()
+    ev = result.evidence
     for user in sorted(users):
-        for r, o in zip(ref.get(user, []), obs.get(user, [])):
+        for r, o in zip(ref.get(user, []), obs.get(user, []), strict=False):
             if not (r.ok and o.ok):
                 result.notes.append(f"{scenario}/{user} turn {r.turn}: not compared (a request failed)")
                 break
             cmp = compare_tokens(r, o, ctx.tolerance)
+            if cmp.outcome == "incomparable":
+                ev["incomparable"] = ev.get("incomparable", 0) + 1
+                result.notes.append(f"{scenario}/{user} turn {r.turn} ({ref_run} vs {obs_run}): not comparable: "
+                                    f"{cmp.reason}")
+                break
             result.exercised += 1
+            seen.add(user)
+            ev["tokens_compared"] = ev.get("tokens_compared", 0) + cmp.tokens_compared
             if cmp.outcome == "equal":
                 continue
             if cmp.outcome == "drift":
@@ -42,9 +54,11 @@ def _compare_conversations(
                              f"{cmp.position} ({cmp.reference_token} -> {cmp.observed_token}): {cmp.reason}"),
                     details={"position": cmp.position, "reference_token": cmp.reference_token,
                              "observed_token": cmp.observed_token, "margin": cmp.margin,
+                             "observed_margin": cmp.observed_margin,
                              "reference_run": ref_run, "observed_run": obs_run, "turn": r.turn},
                 ))
             break  # later turns of this conversation have different prompts
+    return seen
 
 
 def _id_provenance(ops: list[Operation], result: CheckResult) -> None:
@@ -64,9 +78,29 @@ def _decide(result: CheckResult, what: str) -> CheckResult:
     elif result.exercised == 0:
         result.verdict = Verdict.UNKNOWN
         result.notes.append(f"no {what} could be made")
+    elif result.evidence.get("incomparable"):
+        # Fail closed: an output without token ids may differ from its reference unseen.
+        result.verdict = Verdict.UNKNOWN
+        result.notes.append(f"{result.evidence['incomparable']} conversation(s) could not be compared "
+                            "(outputs without token ids)")
     else:
         result.verdict = Verdict.PASS
     return result
+
+
+def _coverage(scenario: str, main: RunInfo | None, observed: set[tuple[str, str]], result: CheckResult) -> None:
+    """Count the scenario's cross-tenant (victim, source) pairs and those some re-run made observable."""
+    if main is None:
+        return
+    present = pairs_present(main.tenants)
+    covered = present & observed
+    ev = result.evidence
+    ev["pairs_present"] = ev.get("pairs_present", 0) + len(present)
+    ev["pairs_observable"] = ev.get("pairs_observable", 0) + len(covered)
+    if len(covered) < len(present):
+        missing = sorted(present - covered)
+        result.notes.append(f"{scenario}: {len(present) - len(covered)} of {len(present)} cross-tenant "
+                            f"(victim, source) pairs were never observable, e.g. {missing[:3]}")
 
 
 @check("counterfactual-isolation",
@@ -74,19 +108,32 @@ def _decide(result: CheckResult, what: str) -> CheckResult:
        needs=(Need.TOKEN_IDS,), compares_outputs=True)
 def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
-    runs_of: dict[str, list] = {}  # one pass over the runs, not one per scenario
+    runs_of: dict[str, list[RunInfo]] = {}  # one pass over the runs, not one per scenario
     for info in history.runs:
         runs_of.setdefault(info.scenario, []).append(info)
     for scenario in history.scenarios():
         main = history.ops_of(scenario, "main")
+        main_info = history.run_info(scenario, "main")
+        observed: set[tuple[str, str]] = set()
         for info in runs_of.get(scenario, []):
-            if not info.run.startswith("cf-"):
+            if Role.of_run(info.run) is not Role.COUNTERFACTUAL:
                 continue
             fixed = {u for u, v in info.variants.items() if v == 0}
-            _compare_conversations("counterfactual-isolation", scenario, "main", main, info.run,
-                                   history.ops_of(scenario, info.run), fixed, ctx, result)
-    _id_provenance([o for o in history.ops if o.run == "main" or o.run.startswith("cf-")], result)
-    return _decide(result, "counterfactual comparisons")
+            redrawn = set(info.variants) - fixed
+            seen = _compare_conversations("counterfactual-isolation", scenario, "main", main, info.run,
+                                          history.ops_of(scenario, info.run), fixed, ctx, result)
+            observed |= {(v, s) for v in seen for s in redrawn}
+        _coverage(scenario, main_info, observed, result)
+    _id_provenance([o for o in history.ops if o.role in (Role.MAIN, Role.COUNTERFACTUAL)], result)
+    if not result.evidence.get("pairs_present") and not result.exercised and not result.violations:
+        result.verdict = Verdict.NOT_APPLICABLE
+        result.notes.append("no scenario has users of two tenants: no cross-tenant influence to observe")
+        return result
+    _decide(result, "counterfactual comparisons")
+    if result.verdict is Verdict.PASS and result.evidence.get("pairs_observable", 0) < result.evidence.get(
+            "pairs_present", 0):
+        result.verdict = Verdict.UNKNOWN  # fail closed: a pair never observed was not shown to be isolated
+    return result
 
 
 @check("cache-transparency",
@@ -103,7 +150,7 @@ def transparency(history: History, ctx: CheckContext) -> CheckResult:
             warm.append(scenario)
         _compare_conversations("cache-transparency", scenario, "solo", history.ops_of(scenario, "solo"), "main",
                                history.ops_of(scenario, "main"), set(solo.variants), ctx, result)
-    _id_provenance([o for o in history.ops if o.run in ("main", "solo")], result)
+    _id_provenance([o for o in history.ops if o.role in (Role.MAIN, Role.SOLO)], result)
     _decide(result, "solo-replay comparisons")
     if warm and result.verdict is Verdict.PASS:
         # Fail closed: a reference that may itself have reused cache cannot show transparency.

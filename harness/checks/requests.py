@@ -11,7 +11,7 @@ from harness.verdict import CheckResult, Verdict
 
 @check("requests", "every request in every run (main, re-runs, solo replays) completed without error")
 def requests_ok(history: History, ctx: CheckContext) -> CheckResult:
-    ops = [o for o in history.ops if not o.run.startswith("adversary")]  # hostile input may be refused
+    ops = [o for o in history.ops if not o.role.hostile]  # hostile input may be refused
     failed = [o for o in ops if not o.ok]
     if not ops:
         return CheckResult("", Verdict.UNKNOWN, notes=["no requests were recorded"])

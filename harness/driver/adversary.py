@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.client import GenerationRequest, TargetClient
 from harness.driver.driver import now
-from harness.history.record import HistoryWriter, Operation
+from harness.driver.sink import Sink
+from harness.history.record import Operation, Role
 from harness.scenario.model import Scenario
 from harness.scenario.render import UserPlan
-from harness.client.http import GenerationRequest, TargetClient
 
 # Fields whose hostile values are also other tenants' identifiers.
 IDENTITY_FIELDS = ("cache_salt", "user", "request_id", "session_id", "model")
@@ -35,6 +36,9 @@ class Case:
     name: str
     overrides: dict[str, Any]
     prompt: str | None = None  # replaces the adversary's own prompt (collision attempts)
+    victim: str | None = None
+    """The user whose own cache salt and shared context this case sends (a cut of the victim's
+    prefix under the victim's salt): sharing by design, reported as a finding."""
 
 
 def generic_values() -> list[tuple[str, Any]]:
@@ -71,15 +75,18 @@ def build_cases(scenario: Scenario, plans: list[UserPlan], fields: list[str], mo
                 victim_salt = salts.get(plan.user)
                 cases.append(Case(f"boundary-{cut}:{plan.user}", {}, prompt))
                 if victim_salt:
-                    cases.append(Case(f"boundary-{cut}-victim-salt:{plan.user}", {"cache_salt": victim_salt}, prompt))
+                    cases.append(Case(f"boundary-{cut}-victim-salt:{plan.user}", {"cache_salt": victim_salt}, prompt,
+                                      victim=plan.user))
         break  # one victim's context is enough per scenario
     return cases
 
 
 async def run_adversary(client: TargetClient, scenario: Scenario, cases: list[Case], base_model: str,
-                        history: HistoryWriter, phase: str, concurrency: int,
+                        history: Sink, role: Role, concurrency: int,
                         on_op: Callable[[Operation], None] | None = None) -> None:
-    """Send every case (concurrently up to `concurrency`); each result becomes an Operation."""
+    """Send every case (concurrently up to `concurrency`); each result becomes an Operation of
+    the run named after `role` (adversary or adversary-alone)."""
+    phase = role.value
     own_salt = "adversary-" + secrets.token_hex(6)
     sem = asyncio.Semaphore(concurrency)
     tenant = scenario.adversary.tenant if scenario.adversary else "adversary"
@@ -99,7 +106,7 @@ async def run_adversary(client: TargetClient, scenario: Scenario, cases: list[Ca
                 user=tenant, tenant=tenant, turn=0, model=str(body.get("model")), endpoint="completions",
                 stream=bool(body.get("stream")), cache_salt=body.get("cache_salt") if isinstance(
                     body.get("cache_salt"), str) else None,
-                request=_printable(body), invoke_s=invoke, complete_s=now())
+                request=_printable(body), invoke_s=invoke, complete_s=now(), borrowed_salt_of=case.victim)
             history.append(op)
             if on_op:
                 on_op(op)
@@ -113,8 +120,9 @@ async def health_op(client: TargetClient, scenario: Scenario, model: str) -> Ope
                             top_logprobs=0)
     invoke = now()
     result = await client.generate(req)
-    return Operation.from_result(result, run="adversary-alone", scenario=scenario.name,
-                                 op_id=f"adversary-alone/{scenario.name}/health", user="harness", tenant="harness",
+    run = Role.ADVERSARY_ALONE.value
+    return Operation.from_result(result, run=run, scenario=scenario.name,
+                                 op_id=f"{run}/{scenario.name}/health", user="harness", tenant="harness",
                                  turn=0, model=model, endpoint="completions", stream=False, cache_salt=None,
                                  request=req.body(), invoke_s=invoke, complete_s=now())
 

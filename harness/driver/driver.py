@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import gc
 import random
 import secrets
@@ -19,12 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from harness.probe.needs import Isolation
 
-from harness.history.record import HistoryWriter, Operation, RunInfo
+from harness.client import GenerationRequest, GenerationResult, TargetClient
+from harness.driver.sink import Sink
+from harness.history.record import Operation, RunInfo
+from harness.probe.needs import Isolation
 from harness.scenario.model import Scenario
 from harness.scenario.render import UserPlan, request_seed
-from harness.client.http import GenerationRequest, GenerationResult, TargetClient
 
 _EPOCH = time.monotonic()  # one clock for every run of a process, so histories order across runs
 
@@ -92,7 +94,7 @@ def build_request(spec: RunSpec, plan: UserPlan, turn: int, outputs: list[str], 
 
 
 class _Run:
-    def __init__(self, client: TargetClient, spec: RunSpec, history: HistoryWriter, opts: DriverOptions) -> None:
+    def __init__(self, client: TargetClient, spec: RunSpec, history: Sink, opts: DriverOptions) -> None:
         self.client, self.spec, self.history, self.opts = client, spec, history, opts
         self.outputs: dict[str, list[str]] = {p.user: [] for p in spec.plans}
         self.failed_users: set[str] = set()
@@ -178,7 +180,7 @@ class _Run:
             (p.user, t): asyncio.Event() for p in spec.plans for t in range(len(p.turn_texts))
         }
         turn_done: dict[int, list[asyncio.Event]] = {}
-        for (user, t), ev in done.items():
+        for (_user, t), ev in done.items():
             turn_done.setdefault(t, []).append(ev)
         tasks: list[asyncio.Task[None]] = []
         failures: list[tuple[int, asyncio.Task[None]]] = []  # (launch index, task) of tasks that raised
@@ -201,19 +203,24 @@ class _Run:
                         waited_turn = turn - 1
                 await sem.acquire()
                 task = asyncio.create_task(launch(plan, turn))
-                task.add_done_callback(
-                    lambda t, i=len(tasks): failures.append((i, t)) if not t.cancelled() and t.exception() else None)
+                task.add_done_callback(functools.partial(_note_failure, failures, len(tasks)))
                 tasks.append(task)
                 if failures:  # collected as tasks finish, instead of rescanning every task per launch
                     raise min(failures, key=lambda f: f[0])[1].exception()  # type: ignore[misc]
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
-                t.cancel()
+            for pending in tasks:
+                pending.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def drive_run(client: TargetClient, spec: RunSpec, history: HistoryWriter, opts: DriverOptions | None = None) -> None:
+def _note_failure(failures: list[tuple[int, asyncio.Task[None]]], index: int, task: asyncio.Task[None]) -> None:
+    """Done callback: remember a task that raised, with its launch index."""
+    if not task.cancelled() and task.exception():
+        failures.append((index, task))
+
+
+async def drive_run(client: TargetClient, spec: RunSpec, history: Sink, opts: DriverOptions | None = None) -> None:
     """Record the run's RunInfo, then drive every conversation; raises TargetDown if the target dies."""
     history.append(
         RunInfo(

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.checks.compare import DEFAULT_TOLERANCE
+from harness.stacks import STACKS
 
 CONFIG_FILE = "isolation.toml"
 PYPROJECT_FILE = "pyproject.toml"
 POLICIES = ("shared-prefix", "salted")
-STACKS = ("vllm", "llama-cpp")
 
 RUN_DEFAULTS: dict[str, Any] = {
     "target": None,

@@ -1,7 +1,7 @@
 """Property-based exploration: search scenarios with hypothesis, shrink a failure, save it, replay it.
 
-Each example hypothesis draws (`harness.scenario.strategies.scenarios`) is written to YAML and run by the
-ordinary pipeline (`run_isolation`: main run, counterfactual re-runs, solo replay, every check).
+Each example hypothesis draws (`harness.scenario.strategies.scenarios`) is run by the engine as a
+`Scenario` object (`engine.run`: main run, counterfactual re-runs, solo replay, every check).
 A FAIL verdict is a failure for hypothesis, which then shrinks it; UNKNOWN and drift are not
 failures (both are counted). The minimal failing scenario is saved as `<found-dir>/<hash>.yaml`
 (hash of its canonical JSON) with a header giving the seed, the violation and the report folder
@@ -34,183 +34,33 @@ import secrets
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-from rich.console import Console
-
-from harness.pipeline import RunConfig, RunOutcome, run_isolation
-from harness.scenario.io import dump_scenario
+from harness.frontends.explore_run import (
+    FOUND_DIR,
+    ExampleStats,
+    adapter_roles,
+    found_path,
+    reductions,
+    replay,
+    run_scenario,
+    save_found,
+    stats_of,
+    target_alive,
+    target_url,
+)
 from harness.scenario.model import Scenario
-from harness.verdict import Verdict
+from harness.verdict import Verdict, decide_exploration
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
-FOUND_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "found"
-
-
-# --- running one scenario ---------------------------------------------------------------------------
-
-
-@dataclass
-class ExampleStats:
-    """What one run of one scenario showed, read from its report."""
-
-    verdict: Verdict
-    requests: int
-    cross_user_hits: int
-    drift: int
-    seconds: float
-    violations: list[str]
-    error: str | None
-    unknown_checks: list[str] = field(default_factory=list)
-
-
-def stats_of(outcome: RunOutcome, seconds: float = 0.0) -> ExampleStats:
-    """Requests, cross-user cache hits (the `exercised` check's count), drift and violations."""
-    checks = outcome.report.get("checks", [])
-    hits = next((c["exercised"] for c in checks if c["name"] == "exercised"), 0)
-    violations = [f"[{v.check}] {v.message}" for r in outcome.results for v in r.violations]
-    return ExampleStats(outcome.verdict, int(outcome.report.get("metadata", {}).get("requests") or 0), int(hits),
-                        sum(int(c.get("drift", 0)) for c in checks), seconds, violations, outcome.error,
-                        [c["name"] for c in checks if c.get("verdict") == "unknown"])
-
-
-def run_scenario(scenario: Scenario, target: str, report_dir: Path, *, fault: str | None = None,
-                 fault_seed: int = 0, counterfactual: bool = True, solo: bool = True, timeout_s: float = 60.0,
-                 console: Console | None = None) -> RunOutcome:
-    """Write `scenario` to `report_dir/scenario.yaml` and run it (through a fresh FaultProxy if `fault`)."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    path = report_dir / "scenario.yaml"
-    path.write_text(dump_scenario(scenario))
-    console = console or Console(stderr=True, quiet=True)
-    with ExitStack() as stack:
-        url = target
-        if fault:
-            from harness.faults.proxy import FaultProxy
-
-            url = stack.enter_context(FaultProxy(target, fault=fault, rate=1.0, seed=fault_seed)).url
-        cfg = RunConfig(target=url, scenario_paths=[path], report_dir=report_dir, counterfactual=counterfactual,
-                        solo=solo, timeout_s=timeout_s)
-        return run_isolation(cfg, console=console)
-
-
-@contextmanager
-def target_url(target: str | None, console: Console | None = None) -> Iterator[str]:
-    """The target's base URL; with None, the embedded server started for the duration."""
-    if target:
-        yield target.rstrip("/")
-        return
-    from harness.stacks.vllm import EmbeddedServer
-
-    if console:
-        console.print("starting the embedded vLLM server ...")
-    with EmbeddedServer() as server:
-        yield server.base_url
-
-
-def adapter_roles(target: str) -> tuple[str | None, ...]:
-    """None plus `adapter-1`, `adapter-2` as far as the target serves adapters."""
-    from harness.plan.resolve import split_models
-
-    entries = httpx.get(target + "/v1/models", timeout=10).json().get("data", [])
-    _, adapters = split_models(entries)
-    return (None, *(f"adapter-{i + 1}" for i in range(min(2, len(adapters)))))
-
-
-def _alive(target: str) -> bool:
-    try:
-        return httpx.get(target + "/v1/models", timeout=10).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-# --- saving and replaying ---------------------------------------------------------------------------
-
-
-def found_path(scenario: Scenario, found_dir: Path) -> Path:
-    from harness.scenario.strategies import scenario_hash
-
-    return Path(found_dir) / f"{scenario_hash(scenario)}.yaml"
-
-
-def save_found(scenario: Scenario, found_dir: Path, header: str) -> Path:
-    """Write the counterexample as `<found_dir>/<hash>.yaml` with `header` as its leading comment."""
-    path = found_path(scenario, found_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_scenario(scenario, header))
-    return path
-
-
-def replay(path: Path, target: str, report_dir: Path, fault: str | None = None,
-           console: Console | None = None) -> RunOutcome:
-    """Run a saved scenario like any run (fresh nonce, every check); PASS means FIXED."""
-    with ExitStack() as stack:
-        url = target
-        if fault:
-            from harness.faults.proxy import FaultProxy
-
-            url = stack.enter_context(FaultProxy(target, fault=fault, rate=1.0, seed=0)).url
-        return run_isolation(RunConfig(target=url, scenario_paths=[Path(path)], report_dir=report_dir), console=console)
-
-
-# --- structural reduction ---------------------------------------------------------------------------
-
-
-def reductions(scenario: Scenario) -> Iterator[Scenario]:
-    """Strictly simpler variants of a scenario, biggest cuts first: one user fewer, fewer turns,
-    then one dimension back to its plain value (schedule, sampling, streaming, endpoint, adapters,
-    salts, shared prefixes, secrets, max_tokens). Content of the users kept does not change."""
-    from harness.scenario.model import Sampling, Schedule
-    from harness.scenario.strategies import with_expectation
-
-    def variant(**update: Any) -> Scenario | None:
-        try:
-            data = scenario.model_dump()
-            data.update(update)
-            return with_expectation(Scenario.model_validate(data))
-        except ValueError:
-            return None
-
-    names = [u.name for u in scenario.users]
-    for name in reversed(names):
-        if len(names) > 1:
-            yield with_expectation(scenario.restricted_to(set(names) - {name}))
-    for i, u in enumerate(scenario.users):
-        if isinstance(u.private_words, list) and len(set(u.private_words)) == 1:
-            users = [x.model_dump() for x in scenario.users]
-            users[i].update(private_words=u.private_words[0])
-            yield from filter(None, [variant(users=users)])
-        for turns in sorted({1, u.turns - 1}):
-            if 1 <= turns < u.turns:
-                words = u.private_words if isinstance(u.private_words, int) else u.private_words[:turns]
-                users = [x.model_dump() for x in scenario.users]
-                users[i].update(turns=turns, private_words=words)
-                yield from filter(None, [variant(users=users)])
-    plain: list[dict[str, Any]] = [
-        {"schedule": Schedule(concurrency=1, interleaving="lockstep").model_dump()},
-        {"sampling": Sampling().model_dump()},
-        {"stream": False, "users": [dict(u.model_dump(), stream=None) for u in scenario.users]},
-        {"endpoint": "completions"},
-        {"tenants": [dict(t.model_dump(), adapter=None) for t in scenario.tenants]},
-        {"tenants": [dict(t.model_dump(), cache_salt=None) for t in scenario.tenants]},
-        {"shared_prefixes": [], "users": [dict(u.model_dump(), prefixes=[]) for u in scenario.users],
-         "description": "explore: none topology"},
-        {"tenants": [dict(t.model_dump(), secrets=min(t.secrets, 1)) for t in scenario.tenants]},
-        {"max_tokens": 4},
-    ]
-    current = scenario.model_dump()
-    for update in plain:
-        if any(current.get(k) != v for k, v in update.items() if k != "description"):
-            v = variant(**update)
-            if v is not None and v != scenario:
-                yield v
-
+__all__ = ["FOUND_DIR", "ExampleStats", "ExploreConfig", "ExploreResult", "Found", "adapter_roles", "explore",
+           "found_path", "reductions", "replay", "run_scenario", "save_found", "stats_of", "target_alive",
+           "target_url"]
 
 # --- the search -------------------------------------------------------------------------------------
 
@@ -239,7 +89,7 @@ class ExploreConfig:
     counterfactual: bool = True
     solo: bool = True
     timeout_s: float = 60.0
-    strategy: "SearchStrategy[Scenario] | None" = None
+    strategy: SearchStrategy[Scenario] | None = None
 
 
 @dataclass
@@ -276,11 +126,14 @@ class ExploreResult:
     aborted: str | None = None
 
     @property
+    def verdict(self) -> Verdict:
+        """FAIL when a violation was found; UNKNOWN when the target died or any example was not shown
+        to hold; PASS only when every example PASSed (`harness.verdict.decide_exploration`)."""
+        return decide_exploration(len(self.found), self.aborted, dict(self.verdicts)).verdict
+
+    @property
     def exit_code(self) -> int:
-        """1 when a violation was found, 2 when no example could show anything (or the target died), else 0."""
-        if self.found:
-            return 1
-        return 2 if self.aborted or not self.verdicts.get("pass") else 0
+        return self.verdict.exit_code
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -430,7 +283,7 @@ class _Search:
             shutil.copytree(run_dir, dest)
         else:
             self.not_failing.add(key)
-        if stats.error and not _alive(cfg.target):
+        if stats.error and not target_alive(cfg.target):
             res.aborted = f"target stopped answering: {stats.error}"
         if self.on_example:
             self.on_example(scenario, stats, self.phase)

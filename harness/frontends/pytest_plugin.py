@@ -15,7 +15,7 @@ vLLM server, started once per session), `--isolation-policy shared-prefix|salted
 as `harness run` (`isolation.toml`, else `[tool.harness]` in `pyproject.toml`, in the rootdir).
 
 Fixtures: `isolation_target` (the URL), `isolation_settings` (the merged settings) and
-`run_scenario` (runs one isolation run and returns its `RunOutcome`; by default it raises
+`run_scenario` (runs one isolation run and returns its `RunResult`; by default it raises
 `IsolationFailure`, an AssertionError, unless the verdict is PASS). `assert_isolated(outcome)`
 makes the same assertion on an outcome. The marker `@pytest.mark.isolation(**options)` tags a
 test (select with `-m isolation`) and sets per-test defaults for `run_scenario`'s options.
@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from harness.pipeline import RunConfig, RunOutcome
+    from harness.engine import RunOptions
+    from harness.result import RunResult
     from harness.scenario.model import Scenario
 
 MARKER = "isolation"
@@ -52,7 +53,7 @@ RUN_OPTIONS = frozenset({"policy", "tolerance", "timeout", "seed", "counterfactu
 class IsolationFailure(AssertionError):
     """An isolation run whose verdict was not PASS; the message carries the evidence and reproducers."""
 
-    def __init__(self, message: str, outcome: RunOutcome) -> None:
+    def __init__(self, message: str, outcome: RunResult) -> None:
         super().__init__(message)
         self.outcome = outcome
 
@@ -160,7 +161,7 @@ def isolation_target(isolation_settings: IsolationSettings) -> Iterator[str]:
     server = EmbeddedServer()
     try:
         server.start()
-    except Exception as exc:  # noqa: BLE001 - LaunchError, or the embedded extra missing entirely
+    except Exception as exc:
         pytest.fail(f"no --isolation-target given and the embedded vLLM server could not start "
                     f"({type(exc).__name__}: {exc}); pass --isolation-target URL or install harness[embedded]",
                     pytrace=False)
@@ -173,7 +174,7 @@ def isolation_target(isolation_settings: IsolationSettings) -> Iterator[str]:
 @pytest.fixture
 def run_scenario(request: pytest.FixtureRequest, isolation_target: str,
                  isolation_settings: IsolationSettings) -> ScenarioRunner:
-    """A callable: `run_scenario(path | Scenario | yaml_text, **options) -> RunOutcome`."""
+    """A callable: `run_scenario(path | Scenario | yaml_text, **options) -> RunResult`."""
     marker = request.node.get_closest_marker(MARKER)
     defaults = dict(marker.kwargs) if marker else {}
     unknown = set(defaults) - RUN_OPTIONS
@@ -195,14 +196,14 @@ class ScenarioRunner:
         self.target = target
         self.settings = settings
         self.defaults = defaults
-        self.outcomes: list[RunOutcome] = []
+        self.outcomes: list[RunResult] = []
         self._calls = 0
 
     def __call__(self, scenario: str | Path | Scenario | Sequence[str | Path | Scenario], *,
                  policy: str | None = None, tolerance: float | None = None, timeout: float | None = None,
                  seed: int | None = None, counterfactual: bool | None = None, solo: bool | None = None,
                  known_findings: str | Path | None = None, check: bool | None = None,
-                 allow_unknown: bool | None = None) -> RunOutcome:
+                 allow_unknown: bool | None = None) -> RunResult:
         """Run `scenario` (a file or folder path, a `Scenario`, YAML text, or a list of these)
         against the target; return the outcome. With `check` (the default) a verdict other than
         PASS raises `IsolationFailure` with the violations and reproducers in its message;
@@ -212,21 +213,25 @@ class ScenarioRunner:
                  "counterfactual": counterfactual, "solo": solo, "known_findings": known_findings,
                  "check": check, "allow_unknown": allow_unknown}
         opts = dict(self.defaults) | {k: v for k, v in given.items() if v is not None}
+        from harness.engine import RunOptions
+        from harness.known import load_known_findings
+
         report_dir = self._next_report_dir()
-        paths = scenario_paths(scenario, report_dir.parent / f"{report_dir.name}-input", self._test_dir())
+        loaded = scenario_objects(scenario, self._test_dir())
         s = self.settings
-        cfg = _run_config(
-            target=self.target, scenario_paths=paths, report_dir=report_dir,
+        known = Path(opts["known_findings"]) if opts.get("known_findings") else s.known_findings
+        options = RunOptions(
             seed=opts.get("seed", s.seed), policy=opts.get("policy", s.policy),
             tolerance=opts.get("tolerance", s.tolerance), timeout_s=opts.get("timeout", s.timeout),
             counterfactual=opts.get("counterfactual", s.counterfactual), solo=opts.get("solo", s.solo),
-            known_findings=Path(opts["known_findings"]) if opts.get("known_findings") else s.known_findings,
+            known_findings=tuple(load_known_findings(known)) if known else (),
+            scenario_files=tuple(source for source, _ in loaded),
         )
-        outcome = run_config(cfg)
+        outcome = run_objects([sc for _, sc in loaded], self.target, options, report_dir)
         self.outcomes.append(outcome)
         node = self.request.node
         node.user_properties.append(("isolation_verdict", outcome.verdict.value))
-        node.user_properties.append(("isolation_report", str(outcome.report_dir)))
+        node.user_properties.append(("isolation_report", str(report_dir)))
         if opts.get("check", True):
             assert_isolated(outcome, allow_unknown=bool(opts.get("allow_unknown", False)))
         return outcome
@@ -244,40 +249,42 @@ class ScenarioRunner:
         return base if self._calls == 1 else base.with_name(f"{base.name}-{self._calls}")
 
 
-def _run_config(**kw: Any) -> RunConfig:
-    from harness.pipeline import RunConfig
+def run_objects(scenarios: list[Scenario], target: str, options: RunOptions, report_dir: Path) -> RunResult:
+    """One run of `scenarios` against `target` with reports in `report_dir`, also from inside a
+    running event loop (then in a worker thread)."""
+    from rich.console import Console
 
-    return RunConfig(**kw)
+    from harness.frontends.runs import run_and_report
+    from harness.stacks.external import ExternalStack
 
-
-def run_config(cfg: RunConfig) -> RunOutcome:
-    """`run_isolation(cfg)`, also from inside a running event loop (then in a worker thread)."""
-    from harness.pipeline import run_isolation
+    def go() -> RunResult:
+        return run_and_report(scenarios, ExternalStack(target), options, report_dir, Console(stderr=True))
 
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return run_isolation(cfg)
+        return go()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(run_isolation, cfg).result()
+        return pool.submit(go).result()
 
 
-def scenario_paths(scenario: Any, scratch: Path, test_dir: Path | None = None) -> list[Path]:
-    """Paths for `RunConfig.scenario_paths`: `Scenario` objects and YAML text are written to
-    `scratch`; a relative path is looked up in the current folder, then beside the test file."""
-    from harness.scenario.io import ScenarioError, dump_scenario, parse_scenario
+def scenario_objects(scenario: Any, test_dir: Path | None = None) -> list[tuple[str, Scenario]]:
+    """(source, Scenario) for each item: a `Scenario` as given, YAML text parsed in memory, a file
+    or folder path loaded (a relative path is looked up in the current folder, then beside the
+    test file)."""
+    from harness.scenario.io import ScenarioError, load_scenarios, parse_scenario
     from harness.scenario.model import Scenario
 
     items = list(scenario) if isinstance(scenario, list | tuple) else [scenario]
     if not items:
         raise ScenarioError("run_scenario: no scenario given")
-    out: list[Path] = []
+    out: list[tuple[str, Scenario]] = []
     for i, item in enumerate(items):
         if isinstance(item, Scenario):
-            out.append(_write(scratch, i, item.name, dump_scenario(item)))
+            out.append((f"<run_scenario Scenario #{i + 1}>", item))
         elif isinstance(item, str) and "\n" in item:
-            parsed = parse_scenario(item, f"<run_scenario YAML #{i + 1}>")
-            out.append(_write(scratch, i, parsed.name, item))
+            source = f"<run_scenario YAML #{i + 1}>"
+            out.append((source, parse_scenario(item, source)))
         elif isinstance(item, str | Path):
             p = Path(item).expanduser()
             if not p.is_absolute() and not p.exists() and test_dir is not None and (test_dir / p).exists():
@@ -285,17 +292,10 @@ def scenario_paths(scenario: Any, scratch: Path, test_dir: Path | None = None) -
             if not p.exists():
                 raise ScenarioError(f"run_scenario: {item}: no such file or folder (looked in the current folder"
                                     + (f" and in {test_dir}" if test_dir else "") + ")")
-            out.append(p)
+            out += [(str(path), sc) for path, sc in load_scenarios([p])]
         else:
             raise TypeError(f"run_scenario: expected a path, a Scenario or YAML text, got {type(item).__name__}")
     return out
-
-
-def _write(scratch: Path, i: int, name: str, text: str) -> Path:
-    scratch.mkdir(parents=True, exist_ok=True)
-    path = scratch / f"{i + 1:02d}-{_safe_name(name)}.yaml"
-    path.write_text(text)
-    return path
 
 
 def _safe_name(text: str) -> str:
@@ -305,7 +305,7 @@ def _safe_name(text: str) -> str:
 # --- assertion and failure message ----------------------------------------------------------------
 
 
-def assert_isolated(outcome: RunOutcome, allow_unknown: bool = False) -> None:
+def assert_isolated(outcome: RunResult, allow_unknown: bool = False) -> None:
     """Raise `IsolationFailure` unless the verdict is PASS (or UNKNOWN with `allow_unknown`)."""
     __tracebackhide__ = True
     from harness.verdict import Verdict
@@ -315,7 +315,7 @@ def assert_isolated(outcome: RunOutcome, allow_unknown: bool = False) -> None:
     raise IsolationFailure(format_outcome(outcome), outcome)
 
 
-def format_outcome(outcome: RunOutcome) -> str:
+def format_outcome(outcome: RunResult) -> str:
     """The failure message: verdict, each violation in words, then the reproducers inline."""
     from harness.verdict import Verdict
 
@@ -333,8 +333,8 @@ def format_outcome(outcome: RunOutcome) -> str:
             if r.verdict is Verdict.UNKNOWN:
                 why = "; ".join(r.notes) or r.description or "could not decide"
                 lines.append(f"  [{r.name}] UNKNOWN: {why}")
-    reproducers = [Path(p) for p in (outcome.report or {}).get("metadata", {}).get("reproducers", [])]
-    if not reproducers and (d / "reproducers").is_dir():
+    reproducers = [Path(p) for p in outcome.reproducers]
+    if not reproducers and d is not None and (d / "reproducers").is_dir():
         reproducers = sorted(p for p in (d / "reproducers").iterdir() if p.is_dir())
     for i, folder in enumerate(reproducers):
         if i >= INLINE_REPRODUCERS:
@@ -359,4 +359,4 @@ def _quote(path: Path) -> str:
 
 
 __all__ = ["IsolationFailure", "IsolationSettings", "ScenarioRunner", "assert_isolated", "format_outcome",
-           "run_config", "scenario_paths"]
+           "run_objects", "scenario_objects"]

@@ -11,16 +11,14 @@ and `TriageReplay`. Every check reads only these. A file without a header is sch
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from enum import Enum
-from functools import lru_cache
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO
 
 from harness import fastjson
 from harness.fastjson import all_finite
-
-
 
 SCHEMA_VERSION = 2
 """Version 2 added the header and the fault, nemesis, incident, calibration and triage kinds; a
@@ -31,7 +29,7 @@ class HistorySchemaError(ValueError):
     """A history file this version of the harness cannot read (newer schema, or not a history)."""
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """What a run is for; `RunInfo.run` names the run ("cf-2"), its role says what it is."""
 
     MAIN = "main"
@@ -41,7 +39,7 @@ class Role(str, Enum):
     ADVERSARY_ALONE = "adversary-alone"
 
     @classmethod
-    def of_run(cls, run: str) -> "Role":
+    def of_run(cls, run: str) -> Role:
         """The role of a run name as the planner gives them ("main", "cf-N", "solo", "adversary...")."""
         if run.startswith("cf-"):
             return cls.COUNTERFACTUAL
@@ -62,6 +60,8 @@ class HistoryHeader:
 
     schema_version: int = SCHEMA_VERSION
     harness_version: str = ""
+    stack_owned: bool | None = None
+    """The harness launched the server and no other client reaches it (None: not recorded)."""
     kind: str = "header"
 
 
@@ -114,10 +114,12 @@ class Operation:
     ttft_s: float | None = None
     finish_reason: str | None = None
     token_ids_source: str | None = None  # see GenerationResult: "server", "tokenize", "tokenize-text"
+    borrowed_salt_of: str | None = None
+    """A hostile request that sent this user's exact cache salt (the adversary's victim-salt cases)."""
     kind: str = "op"
 
     @classmethod
-    def from_result(cls, result: object, **meta: Any) -> "Operation":
+    def from_result(cls, result: object, **meta: Any) -> Operation:
         """An operation from a client result (any dataclass with the same field names) and the
         driver's metadata. Shallow: the result's lists become the operation's (asdict deep-copies
         every token and logprob, which cost more CPU per request than the HTTP client)."""
@@ -202,21 +204,31 @@ class TriageReplay:
 
 Event = FaultInjection | NemesisAction | Incident | CalibrationRun | TriageReplay
 Record = HistoryHeader | RunInfo | Operation | MetricsSnapshot | Event
-_EVENT_KINDS: dict[str, type] = {
+_EVENT_KINDS: dict[str, type[HistoryHeader | RunInfo | MetricsSnapshot | Event]] = {
     "header": HistoryHeader, "run": RunInfo, "metrics": MetricsSnapshot, "fault": FaultInjection,
     "nemesis": NemesisAction, "incident": Incident, "calibration": CalibrationRun, "triage": TriageReplay,
 }
 
 
-@lru_cache(maxsize=None)
+_SHARED_FIELDS: dict[tuple[type, type], tuple[str, ...]] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _shared_fields(cls: type, other: type) -> tuple[str, ...]:
-    own = {f.name for f in fields(cls)}
-    return tuple(f.name for f in fields(other) if f.name in own)
+    """The dataclass fields of `other` that `cls` also has, computed once per pair of classes."""
+    names = _SHARED_FIELDS.get((cls, other))
+    if names is None:
+        own = {f.name for f in fields(cls)}
+        names = _SHARED_FIELDS[(cls, other)] = tuple(f.name for f in fields(other) if f.name in own)
+    return names
 
 
-@lru_cache(maxsize=None)
 def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+    """The dataclass fields of `cls`, computed once per class."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
 
 
 def _to_json(rec: Record) -> bytes:
@@ -248,7 +260,7 @@ def _from_json(line: str | bytes) -> Record:
             f"history schema version {d.get('schema_version')} is newer than this harness reads "
             f"({SCHEMA_VERSION}); upgrade the harness to read it")
     if cls is not None:
-        return cls(**d)  # type: ignore[no-any-return]
+        return cls(**d)
     if d.get("kind", "op") != "op":
         raise HistorySchemaError(f"unknown history record kind {d.get('kind')!r}")
     d["top_logprobs"] = [{int(k): v for k, v in top.items()} for top in d.get("top_logprobs") or []]
@@ -261,7 +273,7 @@ class HistoryWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: BinaryIO = open(self.path, "ab")
+        self._fh: BinaryIO = open(self.path, "ab")  # noqa: SIM115  (open until close(); flushed per record)
         self.records: list[Record] = []
 
     def append(self, rec: Record) -> None:
@@ -272,7 +284,7 @@ class HistoryWriter:
     def close(self) -> None:
         self._fh.close()
 
-    def __enter__(self) -> "HistoryWriter":
+    def __enter__(self) -> HistoryWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -281,7 +293,20 @@ class HistoryWriter:
 
 def read_history(path: Path) -> list[Record]:
     with open(path, "rb") as fh:
-        return [_from_json(line) for line in fh if line.strip()]
+        records = [_from_json(line) for line in fh if line.strip()]
+    if not records or not isinstance(records[0], HistoryHeader):
+        _upgrade_v1(records)
+    return records
+
+
+def _upgrade_v1(records: list[Record]) -> None:
+    """Version 1 named the user whose salt an adversarial case borrowed only in its op id
+    ("adversary/SCENARIO/boundary-31-victim-salt:USER"); version 2 has `borrowed_salt_of`."""
+    for r in records:
+        if isinstance(r, Operation) and r.borrowed_salt_of is None and r.run.startswith("adversary"):
+            head, sep, user = r.op_id.rpartition("-victim-salt:")
+            if sep and head:
+                r.borrowed_salt_of = user
 
 
 class _Index:
@@ -293,6 +318,7 @@ class _Index:
         self.metrics: list[MetricsSnapshot] = []
         self.events: list[Event] = []
         self.schema_version = 1
+        self.header: HistoryHeader | None = None
         self.ops: list[Operation] = []
         self.ops_by_run: dict[tuple[str, str], list[Operation]] = {}
         self.info_by_run: dict[tuple[str, str], RunInfo] = {}
@@ -307,6 +333,7 @@ class _Index:
                 self.metrics.append(r)
             elif isinstance(r, HistoryHeader):
                 self.schema_version = r.schema_version
+                self.header = r
             else:
                 self.events.append(r)
         self.scenarios = list(dict.fromkeys(r.scenario for r in self.runs))
@@ -347,6 +374,11 @@ class History:
     @property
     def schema_version(self) -> int:
         return self._index().schema_version
+
+    @property
+    def header(self) -> HistoryHeader | None:
+        """The header record (None in a version-1 history)."""
+        return self._index().header
 
     def run_info(self, scenario: str, run: str) -> RunInfo | None:
         return self._index().info_by_run.get((scenario, run))

@@ -1,8 +1,9 @@
 """The oracle's references, as runs to drive next to the main run.
 
-- Counterfactual re-runs: every other user's private content re-drawn at the same lengths while
-  shared prefixes and the schedule stay the same; two re-runs, each holding half of the users
-  fixed, cover everyone.
+- Counterfactual re-runs: the re-drawn users' private content (and their tenants' secrets)
+  re-drawn at the same lengths while shared prefixes and the schedule stay the same; the fewest
+  re-runs in which every user of one tenant is held fixed while every user of each other tenant
+  is re-drawn (`harness.plan.cover`).
 - Solo replay: each conversation alone with no cache reuse (fresh salt per request where the
   target honours salts, else a cache reset before each request, else a fresh server process
   before each request where the harness launched the server, else stated as possibly warm).
@@ -14,20 +15,19 @@ import hashlib
 import re
 
 from harness.driver.driver import RunSpec
+from harness.plan.cover import covering_splits
 from harness.probe.needs import Isolation
 from harness.scenario.model import Scenario
 from harness.scenario.render import plan_scenario
 
 
 def counterfactual_variants(scenario: Scenario) -> list[dict[str, int]]:
-    """Per re-run, user -> content variant: 0 (held fixed) or a fresh variant (re-drawn)."""
+    """Per re-run, user -> content variant: 0 (held fixed) or a fresh variant (re-drawn). The
+    re-runs are the fewest that make every cross-tenant (victim, source) pair observable
+    (`harness.plan.cover`); a tenant's users are held fixed or re-drawn together."""
     users = [u.name for u in scenario.users]
-    halves = [set(users[0::2]), set(users[1::2])]
-    out = []
-    for i, fixed in enumerate(halves):
-        if fixed and len(fixed) < len(users):
-            out.append({u: 0 if u in fixed else i + 1 for u in users})
-    return out
+    splits = covering_splits({u.name: u.tenant for u in scenario.users})
+    return [{u: 0 if u in fixed else i + 1 for u in users} for i, fixed in enumerate(splits)]
 
 
 def tenant_salts(scenario: Scenario, nonce: str, policy: str) -> dict[str, str | None]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from harness.checks.base import Need
-from harness.client.http import TargetClient
+from harness.client import TargetClient
 from harness.probe.capabilities import Capabilities, Capability, probe
 
 Isolation = Literal["shared", "salt", "reset", "restart", "warm"]

@@ -10,12 +10,15 @@ from pathlib import Path
 
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
 
-from harness.verdict import CheckResult, Verdict
+from harness.result import RunResult
+from harness.verdict import Verdict
 
 
-def write_junit(path: Path, results: list[CheckResult], suite_name: str = "isolation") -> None:
+def write_junit(result: RunResult, folder: Path, suite_name: str = "isolation") -> Path:
+    """Write `folder/junit.xml`; returns its path."""
+    path = Path(folder) / "junit.xml"
     suite = TestSuite(suite_name)
-    for r in results:
+    for r in result.checks:
         case = TestCase(r.name, classname=f"harness.{suite_name}")
         case.system_out = "\n".join([f"exercised: {r.exercised}", f"drift: {r.drift}", *r.notes])
         if r.verdict is Verdict.FAIL:
@@ -30,3 +33,4 @@ def write_junit(path: Path, results: list[CheckResult], suite_name: str = "isola
     xml = JUnitXml()
     xml.add_testsuite(suite)
     xml.write(str(path), pretty=True)
+    return path

@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 from harness.history.record import History, Operation
+from harness.result import RunResult
 from harness.scenario.io import dump_scenario
 from harness.scenario.model import Scenario
 from harness.verdict import Violation
@@ -56,10 +57,21 @@ def write_reproducer(folder: Path, index: int, violation: Violation, scenario: S
     lines += [curl_command(base_url, ops[i]) for i in violation.op_ids if i in ops]
     observed = ops.get(violation.op_ids[-1]) if violation.op_ids else None
     batch = concurrent_ops(history, observed) if observed is not None else []
-    if len(batch) > 1:
+    if observed is not None and len(batch) > 1:
         lines += ["", f"# The {len(batch)} requests that were in flight together with {observed.op_id}, sent",
                   "# concurrently (a violation that needs batching only shows when they share a batch):"]
         lines += [curl_command(base_url, o, background=True) for o in batch] + ["wait", "echo"]
     (out / "requests.sh").write_text("\n".join(lines) + "\n")
     (out / "violation.json").write_text(json.dumps(violation.__dict__, indent=2, default=str))
+    return out
+
+
+def write_reproducers(result: RunResult, folder: Path) -> list[str]:
+    """A reproducer per violation (known findings' last), numbered in report order, under
+    `folder/reproducers/`; returns their paths."""
+    by_name = {s.name: s for s in result.scenarios}
+    out = []
+    for i, v in enumerate(result.violations + result.known_violations):
+        out.append(str(write_reproducer(Path(folder) / "reproducers", i + 1, v, by_name.get(v.scenario),
+                                        result.history, result.meta.target)))
     return out

@@ -21,9 +21,9 @@ def _field_path(loc: tuple[object, ...], data: object) -> str:
     node = data
     for item in loc:
         if isinstance(item, int):
-            name = node[item].get("name") if isinstance(node, list) and item < len(node) and isinstance(node[item], dict) else None
-            parts.append(f"[{item}]" + (f" ({name})" if name else ""))
             node = node[item] if isinstance(node, list) and item < len(node) else None
+            name = node.get("name") if isinstance(node, dict) else None
+            parts.append(f"[{item}]" + (f" ({name})" if name else ""))
         else:
             parts.append(("." if parts else "") + str(item))
             node = node.get(item) if isinstance(node, dict) else None

@@ -35,7 +35,7 @@ class SharedPrefix(_Strict):
     text: str | None = Field(None, description="literal text instead of drawn words")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "SharedPrefix":
+    def _one_source(self) -> SharedPrefix:
         if (self.text is None) == (self.words == 0):
             raise ValueError("give exactly one of `words` (> 0) or `text`")
         return self
@@ -66,7 +66,7 @@ class User(_Strict):
         return self.private_words[turn]
 
     @model_validator(mode="after")
-    def _turn_lengths(self) -> "User":
+    def _turn_lengths(self) -> User:
         if isinstance(self.private_words, list):
             if len(self.private_words) != self.turns:
                 raise ValueError(f"private_words lists {len(self.private_words)} lengths for {self.turns} turns")
@@ -117,7 +117,7 @@ class Scenario(_Strict):
                           "tenant's canary, so a copying model completes it only if that context leaked")
 
     @model_validator(mode="after")
-    def _references(self) -> "Scenario":
+    def _references(self) -> Scenario:
         tenants = [t.name for t in self.tenants]
         users = [u.name for u in self.users]
         prefixes = [p.name for p in self.shared_prefixes]
@@ -153,7 +153,7 @@ class Scenario(_Strict):
             return self.expect_cross_user_hits
         return self.shares_prefixes(domain)
 
-    def restricted_to(self, users: set[str]) -> "Scenario":
+    def restricted_to(self, users: set[str]) -> Scenario:
         """The same scenario cut down to the named users (for reproducers)."""
         kept = [u for u in self.users if u.name in users]
         tenants = {u.tenant for u in kept}

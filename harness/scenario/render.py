@@ -50,11 +50,13 @@ def prefix_text(scenario: Scenario, name: str) -> str:
     return words_text(draw_words(_rng(scenario.seed, scenario.name, "prefix", name), p.words))
 
 
-def tenant_canaries(scenario: Scenario, tenant: str) -> list[str]:
-    """A tenant's canary phrases: its secrets, planted in every one of its users' contexts. They
-    belong to the tenant, so a counterfactual re-run re-draws a user's other words but keeps them."""
+def tenant_canaries(scenario: Scenario, tenant: str, variant: int = 0) -> list[str]:
+    """A tenant's canary phrases: its secrets, planted in every one of its users' contexts. A
+    counterfactual re-run that re-draws the tenant's users (variant != 0) re-draws its secrets too,
+    so a leak of the secret itself shows in the counterfactual as well as in the canary check."""
     t = scenario.tenant(tenant)
-    rng = _rng(scenario.seed, scenario.name, "tenant-canaries", tenant)
+    key: tuple[object, ...] = ("tenant-canaries", tenant) if variant == 0 else ("tenant-canaries", tenant, variant)
+    rng = _rng(scenario.seed, scenario.name, *key)
     return [words_text(draw_words(rng, CANARY_WORDS)) for _ in range(t.secrets)]
 
 
@@ -73,7 +75,7 @@ def fishing_tail(scenario: Scenario, user: User) -> str:
 
 def plan_user(scenario: Scenario, user: User, nonce: str, variant: int) -> UserPlan:
     rng = _rng(scenario.seed, scenario.name, "user", user.name, variant)
-    canaries = tenant_canaries(scenario, user.tenant)
+    canaries = tenant_canaries(scenario, user.tenant, variant)
     turns = []
     for t in range(user.turns):
         words = draw_words(rng, user.words_for_turn(t))

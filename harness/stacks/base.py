@@ -9,7 +9,7 @@ can do. Implementations: `stacks.vllm.EmbeddedServer`, `stacks.llamacpp.LlamaCpp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from harness.history.record import Event
 
@@ -29,7 +29,7 @@ class StackTraits:
 class Stack(Protocol):
     """A server under test. `start` returns the base URL; `stop` is idempotent."""
 
-    NAME: str
+    NAME: ClassVar[str]
 
     @property
     def traits(self) -> StackTraits: ...

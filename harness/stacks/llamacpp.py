@@ -1,6 +1,6 @@
 """A second serving stack: llama.cpp (through `llama-cpp-python`'s OpenAI-compatible server).
 
-Two jobs, both with the guarantees of the vLLM launcher (`harness.stacks.vllm`):
+Two jobs, both with the guarantees of every launched stack (`harness.stacks.process`):
 
 - `build_gguf()` converts the project's embedded model (`embedded_model.build()`) to a float32
   GGUF file once, with the conversion script that ships inside the `llama-cpp-python` source
@@ -9,9 +9,9 @@ Two jobs, both with the guarantees of the vLLM launcher (`harness.stacks.vllm`):
   regex, which is exactly llama.cpp's "gpt-2" pre-tokenizer, so that is the choice we give the
   script when (and only when) it cannot decide itself. The result is keyed by the model folder's
   name (which carries the recipe digest), so a changed recipe converts again.
-- `LlamaCppServer` starts `python -m llama_cpp.server` on a free loopback port in its own process
-  group, waits for `GET /v1/models` with a timeout, writes its log to a file, raises
-  `LaunchError` quoting the log tail, and kills the whole group on exit.
+- `LlamaCppServer` starts `python -m llama_cpp.server` on a free loopback port (an
+  `OwnedProcess`: its own process group under the watchdog, a log file, `LaunchError` quoting the
+  log tail, the whole group killed on stop), healthy once `GET /v1/models` answers.
 
 What this stack offers the harness (measured, see docs/llamacpp.md): completions and chat,
 streaming, logprobs keyed by token *text* (no token ids), `/extras/tokenize`, a single-sequence
@@ -21,7 +21,7 @@ no cache salt, no cache reset, no /metrics, no adapters. Requests are served one
 
 from __future__ import annotations
 
-import os
+import importlib
 import subprocess
 import sys
 import tarfile
@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-
-from harness.stacks.vllm import EmbeddedServer, LaunchError, tail
+from harness.stacks.process import LaunchError, OwnedProcess, tail
 
 LLAMA_CPP_VERSION = "0.3.36"
 SERVED_MODEL_NAME = "tiny-llama"
@@ -69,8 +68,8 @@ def default_cache_dir() -> Path:
 def llama_cpp_available() -> tuple[bool, str]:
     """(True, version) when `llama_cpp` imports in this interpreter, else (False, why)."""
     try:
-        import llama_cpp  # noqa: PLC0415
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not usable here"
+        llama_cpp = importlib.import_module("llama_cpp")  # optional: only the llama-cpp stack needs it
+    except Exception as exc:  # any import failure means "not usable here"
         return False, f"llama_cpp is not importable ({type(exc).__name__}: {exc}); install it with `make llama-cpp`"
     return True, str(getattr(llama_cpp, "__version__", "?"))
 
@@ -96,7 +95,8 @@ def ensure_converter(cache_dir: Path | None = None, python: str = sys.executable
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise LaunchError(f"cannot download the llama-cpp-python sdist: {exc}") from exc
         if done.returncode != 0 or not archive.is_file():
-            raise LaunchError(f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")
+            output = (done.stdout + done.stderr)[-2000:]
+            raise LaunchError(f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n{output}")
     prefix = f"{_SDIST}/vendor/llama.cpp/"
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers()
@@ -144,12 +144,14 @@ def build_gguf(model_dir: Path | None = None, cache_dir: Path | None = None, for
 
 
 @dataclass
-class LlamaCppServer(EmbeddedServer):
+class LlamaCppServer(OwnedProcess):
     """llama-cpp-python's server on the GGUF of the embedded model; a context manager like EmbeddedServer."""
 
     NAME: ClassVar[str] = "llama.cpp server"
+    LOG_STEM: ClassVar[str] = "llamacpp"
     HEALTH_PATH: ClassVar[str] = "/v1/models"  # llama-cpp-python has no /health
 
+    model_dir: Path | None = None
     gguf: Path | None = None
     n_ctx: int = 2048
     # llama-cpp-python cuts a running *stream* short (sends [DONE] early) whenever another
@@ -158,21 +160,11 @@ class LlamaCppServer(EmbeddedServer):
     # False turns the feature off, so that the cache paths can be tested on their own.
     interrupt_requests: bool | None = None
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    extra_args: list[str] = field(default_factory=list)
+    python: str = sys.executable
     gguf_build_s: float | None = field(default=None, init=False)
 
-    def command(self, model_dir: Path, port: int) -> list[str]:
-        assert self.gguf is not None
-        return [
-            self.python, "-m", "llama_cpp.server",
-            "--model", str(self.gguf),
-            "--model_alias", SERVED_MODEL_NAME,
-            "--host", self.host, "--port", str(port),
-            "--n_ctx", str(self.n_ctx),
-            *([] if self.interrupt_requests is None else ["--interrupt_requests", str(self.interrupt_requests)]),
-            *self.extra_args,
-        ]
-
-    def start(self) -> str:
+    def prepare(self) -> None:
         ok, why = llama_cpp_available() if self.python == sys.executable else (True, "")
         if not ok:
             raise LaunchError(why)
@@ -182,18 +174,18 @@ class LlamaCppServer(EmbeddedServer):
             self.gguf_build_s = time.monotonic() - t0
         if not Path(self.gguf).is_file():
             raise LaunchError(f"GGUF file does not exist: {self.gguf}")
-        self._claim_port_and_log("llamacpp")
-        return self._launch(self.command(Path(self.gguf), self.port), dict(os.environ, PYTHONUNBUFFERED="1"))
 
-    def check_alive(self) -> None:
-        """Raise LaunchError with the log tail if the server has died."""
-        if self.proc is not None and self.proc.poll() is not None and self.log_path is not None:
-            raise LaunchError(f"llama.cpp server died (exit code {self.proc.returncode}); log {self.log_path}:\n"
-                              f"{tail(self.log_path)}")
-
-    def __enter__(self) -> "LlamaCppServer":
-        self.start()
-        return self
+    def command(self) -> list[str]:
+        assert self.gguf is not None and self.port is not None
+        return [
+            self.python, "-m", "llama_cpp.server",
+            "--model", str(self.gguf),
+            "--model_alias", SERVED_MODEL_NAME,
+            "--host", self.host, "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx),
+            *([] if self.interrupt_requests is None else ["--interrupt_requests", str(self.interrupt_requests)]),
+            *self.extra_args,
+        ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,7 @@ class ModelRecipe:
     lm_std: float = 0.2
     version: int = RECIPE_VERSION
 
-    def circuit_spec(self) -> "CircuitSpec":
+    def circuit_spec(self) -> CircuitSpec:
         """The induction circuit's sizes and gains for this recipe."""
         from harness.testmodel.induction import CircuitSpec
 
@@ -90,7 +90,7 @@ class ModelRecipe:
         return h.hexdigest()[:12]
 
     @classmethod
-    def plain(cls, **kw: object) -> "ModelRecipe":
+    def plain(cls, **kw: object) -> ModelRecipe:
         """The earlier plain random model: no induction circuit, hidden 256, 4 heads of 64."""
         base = dict(
             hidden_size=256, num_heads=4, head_dim=64, intermediate_size=512, induction=False, rope_theta=10000.0

@@ -139,11 +139,11 @@ def measure(
     base = gen(prompts + variants, BASE_MODEL, k)
     outs, changed = base[:trials], base[trials:]
     distinct = len({tuple(o) for o in outs})
-    one_token = sum(a != b for a, b in zip(outs, changed)) / trials
+    one_token = sum(a != b for a, b in zip(outs, changed, strict=False)) / trials
     adapter_fractions = {}
     for name in adapters:
         ad = gen(prompts, name, k)
-        adapter_fractions[name] = sum(a != b for a, b in zip(outs, ad)) / trials
+        adapter_fractions[name] = sum(a != b for a, b in zip(outs, ad, strict=False)) / trials
     report = SensitivityReport(trials, distinct, one_token, adapter_fractions)
     if copy:
         cases = [_copy_prompt(rng, words, n) for _ in range(trials)]
@@ -156,7 +156,7 @@ def measure(
 
 
 def _copied(outs: list[list[int]], cases: list[tuple[list[int], list[int]]]) -> float:
-    return sum(o[: len(rest)] == rest for o, (_, rest) in zip(outs, cases)) / len(cases)
+    return sum(o[: len(rest)] == rest for o, (_, rest) in zip(outs, cases, strict=False)) / len(cases)
 
 
 # --- generators ------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ class TransformersGenerator:
         with torch.inference_mode():
             for idx in by_len.values():
                 ids = torch.tensor([list(prompts[i]) for i in idx], dtype=torch.long)
-                for i, row in zip(idx, greedy(m, ids, max_tokens).tolist()):
+                for i, row in zip(idx, greedy(m, ids, max_tokens).tolist(), strict=False):
                     out[i] = row
         return out
 

@@ -19,7 +19,8 @@ from rich.console import Console
 from harness.audit.stats import ARMS, Look, SequentialPlan, fewest_probes
 from harness.audit.timing import POLICIES, AuditConfig, AuditResult, audit, describe
 from harness.frontends.cli import command
-from harness.stacks.vllm import EmbeddedServer, LaunchError
+from harness.stacks import make_stack
+from harness.stacks.process import LaunchError
 from harness.verdict import Verdict
 
 _COLOURS = {"probe": "tab:red", "control": "tab:green", "miss": "tab:blue", "miss2": "tab:gray"}
@@ -113,7 +114,9 @@ def audit_timing(args: argparse.Namespace) -> int:
         if target is None:
             try:
                 console.print("starting the embedded vLLM server ...")
-                target = stack.enter_context(EmbeddedServer()).base_url
+                server = make_stack(None, "vllm")
+                stack.callback(server.stop)
+                target = server.start()
             except LaunchError as exc:
                 console.print(f"error: {exc}")
                 return 2
@@ -129,7 +132,8 @@ def audit_timing(args: argparse.Namespace) -> int:
 
         def on_look(lk: Look) -> None:
             console.print(f"  n={lk.n:>2}: Holm p probe<miss {lk.probe.min_p_holm:.3g}, "
-                          f"control<miss {lk.control.min_p_holm:.3g}, A/A {lk.aa.min_p_holm:.3g} -> {lk.decision.value}")
+                          f"control<miss {lk.control.min_p_holm:.3g}, A/A {lk.aa.min_p_holm:.3g} "
+                          f"-> {lk.decision.value}")
 
         try:
             result = audit(config, on_look)

@@ -71,8 +71,8 @@ def explore_cmd(args: argparse.Namespace) -> int:
         return 2
     import secrets
 
-    from harness.faults.catalog import CATALOG
-    from harness.stacks.vllm import LaunchError
+    from harness.faults import REGISTRY as CATALOG
+    from harness.stacks.process import LaunchError
 
     if args.fault and args.fault not in CATALOG:
         console.print(f"error: unknown fault {args.fault!r}; known: {sorted(CATALOG)}")
@@ -129,7 +129,7 @@ def _configure_replay(p: argparse.ArgumentParser) -> None:
 def replay_cmd(args: argparse.Namespace) -> int:
     """Run a saved counterexample again: FIXED (PASS, exit 0), still FAILING (FAIL, exit 1), UNKNOWN (exit 2)."""
     from harness.frontends.explore import replay, target_url
-    from harness.stacks.vllm import LaunchError
+    from harness.stacks.process import LaunchError
     from harness.verdict import Verdict
 
     console = Console(stderr=True)

@@ -16,17 +16,20 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from harness.client import TargetClient
 from harness.frontends.cli import command
 from harness.probe.capabilities import Capabilities, ProbeError, probe
-from harness.client.http import TargetClient
-from harness.stacks.vllm import EmbeddedServer, LaunchError
+from harness.stacks import Stack, make_stack
+from harness.stacks.process import LaunchError
 
 _MARK = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[yellow]unknown[/yellow]"}
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default=None, help="base URL of an OpenAI-compatible server (default: start the embedded one)")
-    p.add_argument("--json", type=Path, default=None, dest="json_path", help="write the capabilities JSON here instead of stdout")
+    p.add_argument("--target", default=None,
+                   help="base URL of an OpenAI-compatible server (default: start the embedded one)")
+    p.add_argument("--json", type=Path, default=None, dest="json_path",
+                   help="write the capabilities JSON here instead of stdout")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default 60)")
 
 
@@ -53,12 +56,12 @@ def _one_line(text: str) -> str:
 @command("probe", _configure)
 def probe_command(args: argparse.Namespace) -> int:
     """Probe a target's capabilities with real requests and print what was verified."""
-    server: EmbeddedServer | None = None
+    server: Stack | None = None
     try:
         url = args.target
         if url is None:
             print("starting the embedded vLLM server for the probe ...", file=sys.stderr, flush=True)
-            server = EmbeddedServer()
+            server = make_stack(None, "vllm")
             url = server.start()
         caps = asyncio.run(_probe_url(url, args.timeout))
     except (ProbeError, LaunchError) as exc:

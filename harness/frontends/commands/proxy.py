@@ -7,9 +7,10 @@ import signal
 import sys
 import threading
 
+from harness.faults import all_faults
+from harness.faults.injections import Injection
+from harness.faults.proxy import DEFAULT_TIMEOUT_S, FaultProxy
 from harness.frontends.cli import command
-from harness.faults import catalog
-from harness.faults.proxy import DEFAULT_TIMEOUT_S, FaultProxy, Injection
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -26,8 +27,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 
 def _print_catalog() -> None:
-    width = max(len(n) for n in catalog.CATALOG)
-    for spec in catalog.CATALOG.values():
+    faults = all_faults()
+    width = max(len(f.name) for f in faults)
+    for spec in faults:
         print(f"{spec.name:<{width}}  {spec.kind:<6}  {spec.changes}")
         print(f"{'':<{width}}  {'':<6}  models: {spec.models}")
         print(f"{'':<{width}}  {'':<6}  caught by: {spec.detected_by}")

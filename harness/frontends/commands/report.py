@@ -1,7 +1,8 @@
 """`harness report DIR`: re-render report.html from a saved report folder (no server needed).
 
-Reads only the folder's own files, so old runs can be re-rendered with a newer harness. A folder
-holding a selftest matrix (selftest.json, no report.json) gets the matrix page instead.
+Reads the folder through `RunResult.load` (report.json of schema 1 or 2, history.jsonl), so old
+runs can be re-rendered with a newer harness. A folder holding a selftest matrix (selftest.json,
+no report.json) gets the matrix page instead.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 from harness.frontends.cli import command
-from harness.reporters.html import ReportError, write_html, write_selftest_html
+from harness.reporters.html import ReportError, rerender, write_selftest_html
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def report(args: argparse.Namespace) -> int:
         if not (d / "report.json").is_file() and (d / "selftest.json").is_file():
             out = write_selftest_html(d)
         else:
-            out = write_html(d, fallback=False)
+            out = rerender(d)
     except (ReportError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

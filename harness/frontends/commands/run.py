@@ -13,8 +13,9 @@ from typing import Any
 
 from harness.checks.compare import DEFAULT_TOLERANCE
 from harness.frontends.cli import command
-from harness.frontends.config import RUN_DEFAULTS, STACKS, ConfigError, load_config, merge
-from harness.pipeline import RunConfig, run_isolation
+from harness.frontends.config import RUN_DEFAULTS, ConfigError, load_config, merge
+from harness.frontends.runs import RunConfig, run_isolation
+from harness.stacks import STACKS
 
 
 def _configure(p: argparse.ArgumentParser) -> None:

@@ -1,15 +1,19 @@
 """`harness selftest`: prove every check can fail, on the user's own stack.
 
-Runs the relevant scenarios through the fault-injecting proxy once per catalog fault and prints a
+Runs the relevant scenarios through the fault-injecting proxy once per registered fault and prints a
 fault x check matrix (detected = that check FAILed). Benign controls must never produce a FAIL.
 
 Capability-aware, failing closed. The target is probed first (the same probe a run takes); a fault
-whose needs (`FaultSpec.needs`) the target does not verifiably offer is still run, but if no check
+whose needs (`Fault.needs`) the target does not verifiably offer is still run, but if no check
 detects it the row is "n/a" with the reason, and it does not count against the exit code. A benign
 control is good when no check FAILed and every check of its run that did not PASS (or was n/a) is
-UNKNOWN only because the target lacks what that check needs (`catalog.CHECK_NEEDS`). Exit 0 only
+UNKNOWN only because the target lacks what that check needs (`Check.needs` in the registry). Exit 0 only
 when every applicable fault is detected, at least one fault was applicable, and every benign
 control is good; 1 otherwise.
+
+Each fault runs through `FaultedStack` and the engine; the row is read from the `RunResult` in
+memory, its injections are the run's `FaultInjection` records. Every table here (which faults,
+their scenarios, which also go through the timing audit) comes from the `Fault` objects.
 """
 
 from __future__ import annotations
@@ -21,41 +25,33 @@ from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from harness.audit.timing import AuditConfig, audit
+from harness.checks.base import Need, all_checks
+from harness.client import TargetClient
+from harness.engine import RunOptions
+from harness.faults import all_faults, get
+from harness.faults.stack import FaultedStack
 from harness.frontends.cli import command
-from harness.faults.catalog import CATALOG, CHECK_NEEDS, NEEDS
-from harness.faults.proxy import FaultProxy
-from harness.pipeline import RunConfig, run_isolation
-from harness.probe.needs import offered, probe_target
-from harness.reporters.html import write_selftest_html
+from harness.frontends.runs import run_files
+from harness.history.record import FaultInjection
 from harness.probe.capabilities import Capabilities, ProbeError
-from harness.client.http import TargetClient
+from harness.probe.needs import offered, probe_target
+from harness.reporters.html_selftest import write_selftest_html
+from harness.result import RunResult
+from harness.stacks.external import ExternalStack
 from harness.stacks.vllm import EmbeddedServer, LaunchError
 
 LIBRARY = Path(__file__).resolve().parents[3] / "scenarios"
-# The scenarios in which each fault has something to act on.
-SCENARIOS: dict[str, list[str]] = {
-    "swap": ["burst.yaml"],
-    "bleed": ["shared-system-prompt.yaml"],
-    "inject-context": ["shared-document.yaml"],
-    "stale": ["shared-document.yaml"],
-    "flip": ["strict-prefix.yaml"],
-    "salt-drop": ["salted-tenants.yaml"],
-    "salt-merge": ["salted-tenants.yaml"],
-    "phantom-hit": ["strict-prefix.yaml"],
-    "noise": ["shared-system-prompt.yaml", "burst.yaml"],
-    "delay": ["shared-system-prompt.yaml"],
-    "reorder": ["burst.yaml"],
-}
 
 
-# Faults (and a benign control) that the salted timing audit also runs through: salt faults must
-# show up as a timing / cached-token side channel; added latency must not.
-TIMING_FAULTS = ("salt-drop", "salt-merge", "delay")
+def check_needs() -> dict[str, tuple[str, ...]]:
+    """What each registered check needs from the target (`Need` values), by check name."""
+    return {c.name: tuple(n.value for n in c.needs) for c in all_checks()}
 
 
 @dataclass(frozen=True)
@@ -78,14 +74,15 @@ def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str
     early or skipped a scenario, or an UNKNOWN in a check whose needs the target offers (or that
     names no needs); good otherwise. Checks in `audit_checks` (the timing audit) count for FAILs only, as
     they always did: their UNKNOWN says the measurement had no power, not that the run was wrong."""
-    spec = CATALOG[name]
+    spec = get(name)
+    needs_of = check_needs()
     failed = [c for c, v in checks.items() if v == "fail"]
     if spec.kind == "fault":
         if failed:
             return Judgement(True, run_verdict, f"detected by {', '.join(failed)}")
-        missing = [n for n in spec.needs if n in lacking]
+        missing = [n.value for n in spec.needs if n.value in lacking]
         if missing:
-            seers = [d for d in spec.detectors if set(CHECK_NEEDS.get(d, ())) & set(missing)] or list(spec.detectors)
+            seers = [d for d in spec.detectors if set(needs_of.get(d, ())) & set(missing)] or list(spec.detectors)
             why = "; ".join(dict.fromkeys(lacking[n] for n in missing))
             plural = "checks" if len(seers) > 1 else "check"
             reason = f"{why}: the {plural} that would see this ({', '.join(seers)}) can never PASS here either"
@@ -105,7 +102,7 @@ def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str
     if skipped:
         return Judgement(False, run_verdict, f"scenario(s) skipped: {', '.join(sorted(skipped))}")
     unknown = [c for c, v in checks.items() if v == "unknown" and c not in set(audit_checks)]
-    excused = {c: [n for n in CHECK_NEEDS.get(c, ()) if n in lacking] for c in unknown}
+    excused = {c: [n for n in needs_of.get(c, ()) if n in lacking] for c in unknown}
     unexcused = [c for c in unknown if not excused[c]]
     if unexcused:
         return Judgement(False, run_verdict, f"UNKNOWN with every capability it needs present: {', '.join(unexcused)}")
@@ -120,7 +117,7 @@ def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str
 def overall_ok(judgements: dict[str, Judgement]) -> bool:
     """Every row good, and where faults were run at least one of them was applicable (a target on
     which nothing can be shown must not pass the selftest)."""
-    faults = [name for name in judgements if CATALOG[name].kind == "fault"]
+    faults = [name for name in judgements if get(name).kind == "fault"]
     return all(j.good for j in judgements.values()) and (not faults or any(judgements[f].applicable for f in faults))
 
 
@@ -130,10 +127,19 @@ async def _probe(target: str) -> Capabilities:
 
 
 def _timing_checks(target: str, fault: str, seed: int) -> dict[str, str]:
-    """Run the salted timing audit through the proxy; check name -> verdict."""
-    with FaultProxy(target, fault=fault, rate=1.0, seed=seed) as proxy:
-        result = audit(AuditConfig(target=proxy.url, policy="salted"))
+    """Run the salted timing audit through the fault; check name -> verdict."""
+    with FaultedStack(ExternalStack(target), fault, rate=1.0, seed=seed) as stack:
+        result = audit(AuditConfig(target=stack.base_url, policy="salted"))
     return {c.name: c.verdict.value for c in result.checks}
+
+
+def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int) -> tuple[RunResult, int]:
+    """One fault's run: its scenarios through `FaultedStack` and the engine, reports written to
+    `out_dir`; the result and how many injections it recorded."""
+    stack = FaultedStack(ExternalStack(target), name, rate=1.0, seed=seed)
+    result = run_files([scenarios / s for s in get(name).scenarios], stack, RunOptions(), out_dir,
+                       console=Console(stderr=True, quiet=True))
+    return result, sum(isinstance(e, FaultInjection) for e in result.history.events)
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -143,31 +149,30 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", type=Path, default=LIBRARY, help="scenario folder (default: the library)")
     p.add_argument("--seed", type=int, default=0, help="the proxy's fault RNG seed")
     p.add_argument("--no-timing", action="store_true",
-                   help=f"skip the timing audit (run through {', '.join(TIMING_FAULTS)}; about a minute each)")
+                   help="skip the timing audit (run through "
+                   f"{', '.join(f.name for f in all_faults() if f.timing_audit)}; about a minute each)")
 
 
-def _requests_to_detection(report: dict, history_path: Path) -> int | None:
+def requests_to_detection(result: RunResult) -> int | None:
     """How many requests (in the history's order) were sent before some violation was fully shown:
     for each violation, the position of the last of its requests; the smallest over violations."""
-    with open(history_path) as fh:
-        ops = [json.loads(line) for line in fh if '"kind":"op"' in line]
-    position = {rec["op_id"]: i + 1 for i, rec in enumerate(ops)}
-    shown = [max((position.get(i, 0) for i in v["op_ids"]), default=0)
-             for c in report["checks"] for v in c["violations"]]
+    position = {op.op_id: i + 1 for i, op in enumerate(result.history.ops)}
+    shown = [max((position.get(i, 0) for i in v.op_ids), default=0) for v in result.violations]
     shown = [n for n in shown if n]  # a run-level violation (e.g. server-counters) names no request
     return min(shown) if shown else None
 
 
 @command("selftest", _configure)
 def selftest(args: argparse.Namespace) -> int:
-    """Run each catalog fault through the proxy and show which checks detect it (exit 0: all detected)."""
+    """Run each registered fault through the proxy and show which checks detect it (exit 0: all detected)."""
     console = Console(stderr=True, width=max(Console(stderr=True).width, 132))
-    faults = args.fault or [f for f in CATALOG if f in SCENARIOS]
-    unknown = [f for f in faults if f not in CATALOG]
+    known = [f.name for f in all_faults()]
+    faults = args.fault or [f.name for f in all_faults() if f.scenarios]
+    unknown = [f for f in faults if f not in known]
     if unknown:
-        console.print(f"error: unknown fault(s) {unknown}; known: {sorted(CATALOG)}")
+        console.print(f"error: unknown fault(s) {unknown}; known: {sorted(known)}")
         return 2
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict[str, Any]] = {}
     judgements: dict[str, Judgement] = {}
     with ExitStack() as stack:
         target = args.target
@@ -187,56 +192,51 @@ def selftest(args: argparse.Namespace) -> int:
         for n, why in lacking.items():
             console.print(f"[yellow]target lacks {n}[/]: {why}")
         for name in faults:
-            spec = CATALOG[name]
-            out_dir = args.report_dir / name
+            spec = get(name)
             console.print(f"[bold]{name}[/] ({spec.kind}) ...")
-            with FaultProxy(target, fault=name, rate=1.0, seed=args.seed) as proxy:
-                out = run_isolation(RunConfig(target=proxy.url, report_dir=out_dir,
-                                              scenario_paths=[args.scenarios / s for s in SCENARIOS.get(name, [])]),
-                                    console=Console(stderr=True, quiet=True))
-                injected = len(proxy.injections)
-            checks = {r.name: r.verdict.value for r in out.results}
+            out, injected = run_fault(name, target, args.scenarios, args.report_dir / name, args.seed)
+            checks = {r.name: r.verdict.value for r in out.checks}
             timing: dict[str, str] = {}
             notes: list[str] = []
-            if name in TIMING_FAULTS and not args.no_timing:
+            if spec.timing_audit and not args.no_timing:
                 if "salt" in lacking:  # the salted audit presumes salts that separate tenants
                     notes.append(f"timing audit (salted) not run: {lacking['salt']}")
                 else:
                     console.print(f"[bold]{name}[/]: timing audit (salted) ...")
                     timing = _timing_checks(target, name, args.seed)
                     checks.update(timing)
-            meta = out.report["metadata"]
             j = judge(name, checks, out.verdict.value, lacking, audit_checks=timing, injections=injected,
-                      error=out.error, skipped=meta.get("skipped_scenarios"))
+                      error=out.error, skipped=out.skipped or None)
             judgements[name] = j
+            needs = [n.value for n in spec.needs]
             rows[name] = {
                 "kind": spec.kind, "verdict": j.verdict, "run_verdict": out.verdict.value, "good": j.good,
                 "applicable": j.applicable, "reason": "; ".join(x for x in [j.reason, *notes] if x),
-                "needs": list(spec.needs), "lacking": [n for n in spec.needs if n in lacking],
+                "needs": needs, "lacking": [n for n in needs if n in lacking],
                 "injections": injected,
                 "checks": checks,
                 "detected_by": [c for c, v in checks.items() if v == "fail"],
-                "requests_to_detection": _requests_to_detection(out.report, out_dir / "history.jsonl"),
-                "requests": meta.get("requests"),
+                "requests_to_detection": requests_to_detection(out),
+                "requests": out.meta.requests,
                 "error": out.error,
             }
     ok = overall_ok(judgements)
-    checks = sorted({c for r in rows.values() for c in r["checks"]})
+    columns = sorted({c for r in rows.values() for c in r["checks"]})
     table = Table(title="selftest: fault x check (X = detected: the check FAILed; columns numbered below)")
-    for col in ["fault", "kind", *[f"{i + 1}" for i in range(len(checks))], "verdict", "injected", "to detect"]:
+    for col in ["fault", "kind", *[f"{i + 1}" for i in range(len(columns))], "verdict", "injected", "to detect"]:
         table.add_column(col, no_wrap=True, min_width=len(col))
     table.add_column("reason", min_width=24)
     for name, r in rows.items():
-        cells = ["X" if r["checks"].get(c) == "fail" else "." for c in checks]
+        cells = ["X" if r["checks"].get(c) == "fail" else "." for c in columns]
         colour = "[yellow]" if not r["applicable"] else "[green]" if r["good"] else "[red]"
         table.add_row(name, r["kind"], *cells, colour + r["verdict"].upper() + "[/]",
                       str(r["injections"]), str(r["requests_to_detection"] or "-"), r["reason"] or "-")
     console.print(table)
-    console.print("  ".join(f"{i + 1}={c}" for i, c in enumerate(checks)))
+    console.print("  ".join(f"{i + 1}={c}" for i, c in enumerate(columns)))
     console.print("to detect: requests sent before the first violation was fully shown; N/A: the target lacks "
                   "what any check would need to see that fault (not counted against the exit code)")
     args.report_dir.mkdir(parents=True, exist_ok=True)
-    target_caps = {n: {"offered": why is None, "why_not": why, "what": NEEDS[n]} for n, why in offer.items()}
+    target_caps = {n: {"offered": why is None, "why_not": why, "what": Need(n).description} for n, why in offer.items()}
     (args.report_dir / "selftest.json").write_text(json.dumps({
         "ok": ok, "target": target, "capabilities": target_caps,
         "not_applicable": {n: r["reason"] for n, r in rows.items() if not r["applicable"]},

@@ -11,14 +11,15 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness.frontends.cli import command
-from harness.frontends.config import STACKS
-from harness.stacks.vllm import EmbeddedServer, LaunchError
-from harness.stacks.llamacpp import LlamaCppServer
+from harness.stacks import make_stack, stack_names
+from harness.stacks.process import LaunchError, OwnedProcess
+
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stack", choices=STACKS, default="vllm",
+    p.add_argument("--stack", choices=stack_names(), default="vllm",
                    help="serving stack: vllm (default) or llama-cpp (needs `make llama-cpp`)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--host", default="127.0.0.1",
@@ -36,19 +37,16 @@ def _configure(p: argparse.ArgumentParser) -> None:
 @command("serve", _configure)
 def serve(args: argparse.Namespace) -> int:
     """Start an embedded server: vLLM (default) or llama.cpp on the same model."""
-    server: EmbeddedServer
+    options: dict[str, Any] = dict(model_dir=args.model_dir, port=args.port, log_path=args.log,
+                                   startup_timeout_s=args.startup_timeout, host=args.host)
     if args.stack == "llama-cpp":
-        server = LlamaCppServer(model_dir=args.model_dir, port=args.port, log_path=args.log,
-                                startup_timeout_s=args.startup_timeout, gguf=args.gguf, host=args.host,
-                                interrupt_requests=False if args.no_interrupt_requests else None)
-        name = "llama.cpp (llama-cpp-python)"
-    else:
-        if args.gguf is not None or args.no_interrupt_requests:
-            print("error: --gguf and --no-interrupt-requests apply to --stack llama-cpp only", file=sys.stderr)
-            return 2
-        server = EmbeddedServer(model_dir=args.model_dir, port=args.port, log_path=args.log,
-                                startup_timeout_s=args.startup_timeout, host=args.host)
-        name = "embedded vLLM"
+        options.update(gguf=args.gguf, interrupt_requests=False if args.no_interrupt_requests else None)
+    elif args.gguf is not None or args.no_interrupt_requests:
+        print("error: --gguf and --no-interrupt-requests apply to --stack llama-cpp only", file=sys.stderr)
+        return 2
+    server = make_stack(None, args.stack, **options)
+    assert isinstance(server, OwnedProcess), "serve runs the stacks the harness launches"
+    name = server.NAME
     print(f"starting {name} on {args.host}:{args.port} (log: {args.log or '.cache/logs/'}) ...", flush=True)
     # SIGTERM becomes KeyboardInterrupt from the start, so a SIGTERM at any point (during start-up,
     # or on seeing "ready") stops the server's whole group instead of orphaning it.
@@ -56,8 +54,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server.start()
         print(f"ready at {server.base_url} after {server.startup_s:.1f} s; Ctrl-C to stop", flush=True)
-        while server.alive:
-            server.proc.wait()  # type: ignore[union-attr]
+        server.wait()
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -65,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
         pass
     finally:
         server.stop()
-    if server.proc is not None and server.proc.returncode not in (0, -15, None):
-        print(f"server exited with code {server.proc.returncode}", file=sys.stderr)
+    if server.returncode not in (0, -15, None):
+        print(f"server exited with code {server.returncode}", file=sys.stderr)
         return 2
     return 0

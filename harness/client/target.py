@@ -1,0 +1,234 @@
+"""Async OpenAI-compatible client for one target, returning typed, complete results.
+
+Speaks `/v1/completions` and `/v1/chat/completions`, streaming (SSE) and not, and asks for
+token ids, top logprobs keyed by token id and cached-token counts. A failed request is a result
+with `ok=False` and its status and error body, never an exception: the driver records it.
+A server that keys logprobs by token text gets its ids recovered (`client.llamacpp_ids`).
+Transport: httpx's API, over aiohttp where installed (`client.transport`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from harness import fastjson
+from harness.client.llamacpp_ids import TextIds
+from harness.client.parse import Accumulator
+from harness.client.sse import SSEData
+from harness.client.transport import default_transport, over_aiohttp
+from harness.client.types import GenerationRequest, GenerationResult
+
+_MAX_AFTER_DONE = 1 << 16  # bytes read past a stream's [DONE] before the stream is left unread
+_DRAIN_AFTER_DONE_S = 1.0  # and seconds waited for its end
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client without cookie handling: simulated users of an API keep no session, and
+    httpx reads every response's cookies through urllib at more CPU than parsing the response.
+    (One jar shared by every simulated user would also link users that the scenario keeps apart.)"""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, value: Any) -> None:
+        if value:
+            raise ValueError("TargetClient keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()
+
+
+class TargetClient:
+    """An httpx-based async client for one OpenAI-compatible base URL."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 60.0,
+        api_key: str | None = None,
+        max_connections: int = 512,
+        transport: httpx.AsyncBaseTransport | None = None,
+        keepalive: bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # keepalive=False gives every request its own connection, so a server that drops a
+        # connection after an error cannot make the *next* request fail in its place.
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections if keepalive else 0)
+        # Without keep-alive, httpx's own transport: it honours "no connection reuse", which
+        # aiohttp's pool does not, and hostile traffic is no throughput path.
+        chosen = transport if transport is not None else (default_transport(limits) if keepalive else None)
+        self._http = _Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            headers=headers,
+            limits=limits,
+            transport=chosen,
+        )
+        # After a stream's [DONE]: read on to its end over aiohttp (leaving httpx's stream
+        # generators suspended costs their finalisation through the event loop); over httpx's
+        # own transport stop there as before, which closes the connection: httpcore's pool costs
+        # more CPU per request with many connections to reuse than a new connection does.
+        self._drain_after_done = over_aiohttp(chosen)
+        self._text_ids = TextIds(self._http)
+
+        self._urls: dict[str, httpx.URL] = {}
+        defaults = dict(self._http.headers)
+        self._json_headers = {**defaults, "Content-Type": "application/json"}  # bodies: fastjson
+        self._sse_headers = {**self._json_headers, "Accept": "text/event-stream"}
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
+
+    async def __aenter__(self) -> TargetClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _url(self, path: str) -> httpx.URL:
+        """An absolute URL, parsed once per path (httpx would parse and merge it per request)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.base_url + path)
+        return url
+
+    def _request(self, req: GenerationRequest, sse: bool) -> httpx.Request:
+        """The wire request, built from headers merged once per client: httpx's `build_request`
+        re-parses the URL and re-merges every default header per call, at more CPU than the
+        rest of a request's own work. The client's defaults and timeout apply as usual."""
+        base = self._sse_headers if sse else self._json_headers
+        return httpx.Request("POST", self._url(req.path), content=fastjson.dumps(req.body()),
+                             headers={**base, **req.headers} if req.headers else base,
+                             extensions=self._extensions)
+
+    async def generate(self, req: GenerationRequest) -> GenerationResult:
+        """Send one request; every failure comes back as a result with ok=False."""
+        acc = Accumulator(req.endpoint)
+        start = time.perf_counter()
+        try:
+            resp = await self._http.send(self._request(req, req.stream), stream=True)
+            try:
+                acc.result.status = resp.status_code
+                if resp.status_code != 200:
+                    body = (await resp.aread()).decode(errors="replace")
+                    return _failed(resp.status_code, body, start)
+                if req.stream:
+                    await self._read_stream(resp, acc, start)
+                else:
+                    payload = fastjson.loads(await resp.aread())
+                    if not isinstance(payload, dict):
+                        raise ValueError(f"response is not a JSON object: {str(payload)[:500]}")
+                    acc.add(payload)
+            finally:
+                await resp.aclose()
+        except (httpx.HTTPError, json.JSONDecodeError, ValueError) as exc:
+            return _failed(acc.result.status, f"{type(exc).__name__}: {exc}", start)
+        result = acc.finish()
+        result.latency_s = time.perf_counter() - start
+        if result.ok and not result.output_token_ids and (acc.token_texts or result.output_text):
+            await self._text_ids.recover(req, acc, result)
+        if not result.output_token_ids and result.finish_reason is None:
+            result.ok = False
+            result.error = result.error or "response carried no choice"
+        return result
+
+    async def _read_stream(self, resp: httpx.Response, acc: Accumulator, start: float) -> None:
+        """Read an SSE stream from the raw bytes (`SSEData`; httpx's text and line decoders
+        under httpx-sse cost more CPU than the rest of the request)."""
+        events, done = SSEData(), False
+        chunks = resp.aiter_bytes()
+        async for chunk in chunks:
+            if self._on_events(events.feed(chunk), acc, start):
+                done = True
+                break
+        if not done and not self._on_events(events.close(), acc, start):
+            raise httpx.RemoteProtocolError("stream ended without [DONE]")
+        if done and self._drain_after_done:
+            await self._drain(chunks)
+
+    @staticmethod
+    async def _drain(chunks: AsyncIterator[bytes]) -> None:
+        """Read on past [DONE] to the end of the stream (see __init__), within bounds: a server
+        that holds the stream open, sends on or breaks it after [DONE] has still answered."""
+        after = 0
+        try:
+            async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
+                async for chunk in chunks:
+                    after += len(chunk)
+                    if after > _MAX_AFTER_DONE:
+                        return
+        except (TimeoutError, httpx.HTTPError):
+            return
+
+    @staticmethod
+    def _on_events(datas: list[bytes], acc: Accumulator, start: float) -> bool:
+        """Fold these events' data into the result; True at the stream's `[DONE]`."""
+        for data in datas:
+            if data.strip() == b"[DONE]":
+                return True
+            payload = fastjson.loads(data)
+            if not isinstance(payload, dict):
+                raise ValueError(f"stream event is not a JSON object: {_excerpt(data)}")
+            if "error" in payload and not payload.get("choices"):
+                raise ValueError(f"error event in stream: {_excerpt(data)}")
+            acc.add(payload)  # first: it refuses choices of the wrong shape
+            if acc.result.ttft_s is None and any(
+                (c.get("text") or (c.get("delta") or {}).get("content") or c.get("token_ids"))
+                for c in payload.get("choices") or []
+            ):
+                acc.result.ttft_s = time.perf_counter() - start
+        return False
+
+    async def get_json(self, path: str) -> Any:
+        resp = await self._http.get(path)
+        resp.raise_for_status()
+        return resp.json()
+
+    async def get_text(self, path: str) -> str:
+        resp = await self._http.get(path)
+        resp.raise_for_status()
+        return resp.text
+
+    async def models(self) -> list[str]:
+        data = await self.get_json("/v1/models")
+        return [m["id"] for m in data.get("data", [])]
+
+    async def model_entries(self) -> list[dict[str, Any]]:
+        data = await self.get_json("/v1/models")
+        return list(data.get("data", []))
+
+    async def reset_prefix_cache(self) -> bool:
+        """Ask the server to drop its prefix cache; True when it said yes."""
+        try:
+            resp = await self._http.post("/reset_prefix_cache")
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
+
+
+def _excerpt(data: bytes) -> str:
+    return data[:500].decode("utf-8", errors="replace")
+
+
+def _failed(status: int | None, error: str, start: float) -> GenerationResult:
+    return GenerationResult(ok=False, status=status, error=error[:2000], latency_s=time.perf_counter() - start)
