@@ -65,10 +65,10 @@ def harness_cell(p: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
     from harness.checks.base import CheckContext, run_checks
+    from harness.client import TargetClient
     from harness.driver.driver import RunSpec, TargetDown, drive_run
     from harness.history.record import History, HistoryWriter
     from harness.scenario.render import make_nonce, plan_scenario
-    from harness.client import TargetClient
 
     base_rss = _rss_mb()
     sc = _scenario(p["users"], p["turns"], p["concurrency"], p["interleaving"], p["stream"], p["endpoint"],
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = _median_cell(cs)
                 if key != "vllm":  # each repeat's harness cell over the vllm cell run just before it
                     row["paired_ratios"] = [round(h["cpu_ms_per_req"] / v["cpu_ms_per_req"], 3)
-                                            for h, v in zip(cs, cells["vllm"])]
+                                            for h, v in zip(cs, cells["vllm"], strict=True)]
                 rows.append(row)
                 print(f"c={c:<4} {key:<14} {row['cpu_ms_per_req']:.3f} CPU-ms/req (all {row['cpu_ms_per_req_all']}) "
                       f"{row['rps']:.0f} req/s errors={row['errors']} rss={row['maxrss_mb']:.0f}MB", flush=True)

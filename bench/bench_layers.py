@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -91,10 +90,10 @@ async def client_layer(url: str, n: int, c: int) -> float:
 
 async def driver_layer(url: str, n: int, c: int) -> float:
     from bench.bench_driver import MODEL, _scenario
+    from harness.client import GenerationResult
     from harness.driver.driver import RunSpec, drive_run
     from harness.history.record import HistoryWriter
     from harness.scenario.render import make_nonce, plan_scenario
-    from harness.client import GenerationResult
 
     sc = _scenario(n, 1, c, "random", True, "completions", 16, 60, 61, 1)
     nonce = make_nonce()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import reduce
 from math import gcd
 
+from harness.checks.accounting import with_recovered_prompt_ids
 from harness.history.record import History, Operation
 from harness.verdict import CheckResult, Verdict, Violation
 
@@ -70,10 +71,14 @@ def observably_explained(op: Operation, members: list[Operation], block: int) ->
 
 def accounting(history: History) -> CheckResult:
     result = CheckResult("cache-accounting", Verdict.UNKNOWN)
-    ops = [o for o in history.ops if o.ok]
+    everything, recovered = with_recovered_prompt_ids(history.ops)  # the same preprocessing, shared
+    ops = [o for o in everything if o.ok]
     if not ops or all(o.cached_tokens is None for o in ops):
         result.notes.append("the target reported no cached-token counts")
         return result
+    if recovered:
+        result.evidence["hits_ids_from_identical_request"] = recovered
+        result.notes.append(f"{recovered} hit(s) without prompt ids took the ids of an identical request of the run")
     blind = [o for o in ops if o.cached_tokens and o.prompt_token_ids is None]
     if blind:
         result.evidence["hits_without_ids"] = len(blind)
@@ -81,7 +86,7 @@ def accounting(history: History) -> CheckResult:
                             f"(first: {blind[0].op_id})")
     block = infer_block_size([o for o in ops if o.prompt_token_ids is not None])
     result.notes.append(f"block size inferred from cached counts: {block}")
-    sources = [o for o in history.ops if o.prompt_token_ids is not None]
+    sources = [o for o in everything if o.prompt_token_ids is not None]
     domains: dict[tuple[str, str | None], list[Operation]] = {}
     for o in sources:
         domains.setdefault((domain_model(o), o.cache_salt), []).append(o)

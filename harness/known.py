@@ -18,11 +18,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.history.record import History
+from harness.checks.compare import Divergence
+from harness.history.record import History, Operation, Role
 from harness.verdict import CheckResult, Violation
 
 
 class KnownFinding(BaseModel):
+    """One acknowledged server bug and its exact signature: a violation is absorbed only when it
+    matches every field given (a different bug in the same scenario on the same server must still
+    FAIL). Fields left out match anything, so a finding should name as many as its bug shows."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: str
@@ -31,6 +36,16 @@ class KnownFinding(BaseModel):
     scenarios: list[str] = Field(min_length=1)
     server_version: str | None = None
     users: list[str] | None = Field(None, description="only violations of these users (default: any)")
+    roles: list[Role] | None = Field(
+        None, description="only violations whose operations all have these roles (main, counterfactual, solo, "
+        "adversary, adversary-alone)")
+    models: list[str] | None = Field(
+        None, description="only violations whose operations were all for these models or adapters (as served)")
+    divergence: list[Divergence] | None = Field(
+        None, description="output checks: only these kinds of divergence (e.g. outside-reference-top: the observed "
+        "token is not among the reference's top logprobs)")
+    statuses: list[int | None] | None = Field(
+        None, description="only violations whose response status is one of these (null: no response)")
     op_id_pattern: str | None = Field(None, description="regex every op id of the violation must match")
     batched_with_other_model: bool = Field(
         False, description="only violations where one of the compared requests overlapped in time with a "
@@ -42,12 +57,40 @@ class KnownFinding(BaseModel):
         return self.server_version is None or server_version == self.server_version
 
     def matches(self, v: Violation, history: History) -> bool:
-        if self.batched_with_other_model and not _batched_with_other_model(v, history):
+        if not (v.check in self.checks and v.scenario in self.scenarios):
             return False
-        return (v.check in self.checks and v.scenario in self.scenarios
-                and (self.users is None or set(v.users) <= set(self.users))
-                and (self.op_id_pattern is None
-                     or (bool(v.op_ids) and all(re.search(self.op_id_pattern, i) for i in v.op_ids))))
+        if self.users is not None and not set(v.users) <= set(self.users):
+            return False
+        if self.op_id_pattern is not None and not (
+                v.op_ids and all(re.search(self.op_id_pattern, i) for i in v.op_ids)):
+            return False
+        if self.divergence is not None and v.details.get("divergence") not in self.divergence:
+            return False
+        if self.statuses is not None and ("status" not in v.details or v.details["status"] not in self.statuses):
+            return False
+        ops = _ops_of(v, history)
+        if (self.roles is not None or self.models is not None) and len(ops) != len(v.op_ids):
+            return False  # an operation the signature must see is missing: never absorbed blind
+        if self.roles is not None and not all(o.role in self.roles for o in ops):
+            return False
+        if self.models is not None and not all((o.served_model or o.model) in self.models for o in ops):
+            return False
+        if _warm_reference(v, history):
+            return False  # a reference that may have run warm cannot show which bug this is
+        return not self.batched_with_other_model or _batched_with_other_model(v, history)
+
+
+def _ops_of(v: Violation, history: History) -> list[Operation]:
+    wanted = set(v.op_ids)
+    return [o for o in history.ops if o.op_id in wanted]
+
+
+def _warm_reference(v: Violation, history: History) -> bool:
+    """A cache-transparency violation against a solo reference that may have run warm."""
+    if v.check != "cache-transparency":
+        return False
+    solo = history.run_info(v.scenario, "solo")
+    return solo is None or solo.isolation == "warm"
 
 
 def _batched_with_other_model(v: Violation, history: History) -> bool:

@@ -113,6 +113,20 @@ class RunResult:
         return self.decision.checks
 
     @property
+    def known_reproduced(self) -> list[KnownOutcome]:
+        """The known findings (acknowledged server bugs) this run reproduced."""
+        return [k for k in self.known if k.violations]
+
+    @property
+    def headline(self) -> str:
+        """The verdict in words as every reporter shows it: a PASS with reproduced known findings
+        says so ("PASS, with 2 known server bugs reproduced"), never a bare all-clear."""
+        n = len(self.known_reproduced)
+        if self.verdict is Verdict.PASS and n:
+            return f"PASS, with {n} known server bug{'' if n == 1 else 's'} reproduced"
+        return self.verdict.value.upper()
+
+    @property
     def exit_code(self) -> int:
         return self.decision.exit_code
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from harness.checks.base import CheckContext, run_checks
 from harness.checks.compare import compare_tokens
-from harness.history.record import History, Operation, RunInfo, read_history, HistoryWriter
+from harness.history.record import History, HistoryWriter, Operation, RunInfo, read_history
 from harness.verdict import Verdict, overall
 
 CTX = CheckContext(tolerance=1e-3)
@@ -59,7 +59,8 @@ def test_counterfactual_compares_only_fixed_users_and_stops_at_first_divergence(
 
 
 def test_transparency_pass_and_unknown_when_nothing_compared() -> None:
-    h = History([info("main", {"a": 0}), op("main", "a", [1, 2]), info("solo", {"a": 0}, "salt"), op("solo", "a", [1, 2])])
+    h = History([info("main", {"a": 0}), op("main", "a", [1, 2]), info("solo", {"a": 0}, "salt"),
+                 op("solo", "a", [1, 2])])
     [r] = run_checks(h, CTX, ["cache-transparency"])
     assert (r.verdict, r.exercised) == (Verdict.PASS, 1)
     h2 = History([info("main", {"a": 0}), op("main", "a", [1, 2], ok=False), info("solo", {"a": 0}, "salt"),
@@ -82,11 +83,12 @@ def test_canary_flags_foreign_canary_only() -> None:
 def test_exercised_requires_cross_user_hits() -> None:
     main = info("main", {"a": 0, "b": 0}, requires_cross_user_hits=True)
     a0 = op("main", "a", [9], prompt=list(range(40)), cached=0)
-    a1 = op("main", "a", [8], turn=1, prompt=list(range(40)) + [9, 50, 51], cached=32)  # own history explains
+    a1 = op("main", "a", [8], turn=1, prompt=[*range(40), 9, 50, 51], cached=32)  # own history explains
     b0 = op("main", "b", [7], prompt=list(range(40)), cached=32)  # only another user explains
     [hit] = run_checks(History([main, a0, a1, b0]), CTX, ["exercised"])
     assert (hit.verdict, hit.exercised) == (Verdict.PASS, 1)
-    [miss] = run_checks(History([main, a0, a1, op("main", "b", [7], prompt=list(range(40)), cached=0)]), CTX, ["exercised"])
+    b0_cold = op("main", "b", [7], prompt=list(range(40)), cached=0)
+    [miss] = run_checks(History([main, a0, a1, b0_cold]), CTX, ["exercised"])
     assert miss.verdict is Verdict.UNKNOWN
     blind = [main, op("main", "a", [9], cached=None), op("main", "b", [9], cached=None)]
     [r] = run_checks(History(blind), CTX, ["exercised"])
@@ -117,17 +119,17 @@ def acc_op(user: str, prompt: list[int], cached: int, invoke: float, complete: f
 
 def test_accounting_explains_hits_by_same_domain_prefixes() -> None:
     shared = list(range(64))
-    a = acc_op("a", shared + [1000, 1001], 0, 0.0, 1.0)
-    b = acc_op("b", shared + [2000], 64, 2.0, 3.0)  # 64 explained by a's prompt
+    a = acc_op("a", [*shared, 1000, 1001], 0, 0.0, 1.0)
+    b = acc_op("b", [*shared, 2000], 64, 2.0, 3.0)  # 64 explained by a's prompt
     [r] = run_checks(History([info("main", {"a": 0, "b": 0}), a, b]), CTX, ["cache-accounting"])
     assert r.verdict is Verdict.PASS and r.exercised == 1
 
 
 def test_accounting_flags_phantom_and_cross_salt_hits() -> None:
     shared = list(range(64))
-    a = acc_op("a", shared + [1000], 0, 0.0, 1.0, salt="s1")
+    a = acc_op("a", [*shared, 1000], 0, 0.0, 1.0, salt="s1")
     phantom = acc_op("b", [5] * 70, 64, 2.0, 3.0, salt="s1")  # nothing shares its prefix
-    cross = acc_op("c", shared + [3000], 64, 2.0, 3.0, salt="s2")  # only another salt explains it
+    cross = acc_op("c", [*shared, 3000], 64, 2.0, 3.0, salt="s2")  # only another salt explains it
     [r] = run_checks(History([info("main", {"a": 0, "b": 0, "c": 0}), a, phantom, cross]), CTX, ["cache-accounting"])
     assert r.verdict is Verdict.FAIL
     assert sorted(v.users[0] for v in r.violations) == ["b", "c"]
@@ -135,27 +137,27 @@ def test_accounting_flags_phantom_and_cross_salt_hits() -> None:
 
 def test_accounting_concurrency_and_multi_turn() -> None:
     shared = list(range(96))
-    running = acc_op("a", shared + [1], 0, 0.0, 10.0)  # still running when b hits its blocks
-    b = acc_op("b", shared + [2], 96, 1.0, 2.0)
-    later = acc_op("c", shared + [3], 96, 1.0, 2.0)
+    running = acc_op("a", [*shared, 1], 0, 0.0, 10.0)  # still running when b hits its blocks
+    b = acc_op("b", [*shared, 2], 96, 1.0, 2.0)
+    later = acc_op("c", [*shared, 3], 96, 1.0, 2.0)
     later.invoke_s = 0.5
     # a second turn hits its own first turn's prompt *and output* tokens
     t0 = acc_op("d", [7] * 40, 0, 20.0, 21.0, out=[8] * 30)
     t1 = acc_op("d", [7] * 40 + [8] * 30 + [9] * 5, 64, 22.0, 23.0, turn=1)
-    early = acc_op("e", shared + [4], 96, 0.0, 0.1)
+    early = acc_op("e", [*shared, 4], 96, 0.0, 0.1)
     early.invoke_s = -1.0  # completed before anything sharing its prefix was sent
     hist = History([info("main", {u: 0 for u in "abcde"}), running, b, later, t0, t1])
     [r] = run_checks(hist, CTX, ["cache-accounting"])
     assert r.verdict is Verdict.PASS, [v.message for v in r.violations]
-    [bad2] = run_checks(History([info("main", {"e": 0}), early, acc_op("f", shared + [5], 0, 5.0, 6.0)]), CTX,
+    [bad2] = run_checks(History([info("main", {"e": 0}), early, acc_op("f", [*shared, 5], 0, 5.0, 6.0)]), CTX,
                         ["cache-accounting"])
     assert bad2.verdict is Verdict.FAIL and bad2.violations[0].users == ["e"]
 
 
 def test_accounting_needs_positive_control_under_salts() -> None:
     shared = list(range(64))
-    a = acc_op("a", shared + [1], 0, 0.0, 1.0, salt="s1")
-    a2 = acc_op("a", shared + [1, 5, 6], 64, 2.0, 3.0, salt="s1", turn=1)  # own hit only
+    a = acc_op("a", [*shared, 1], 0, 0.0, 1.0, salt="s1")
+    a2 = acc_op("a", [*shared, 1, 5, 6], 64, 2.0, 3.0, salt="s1", turn=1)  # own hit only
     [r] = run_checks(History([info("main", {"a": 0}), a, a2]), CTX, ["cache-accounting"])
     assert r.verdict is Verdict.UNKNOWN and "positive control" in " ".join(r.notes)
 

@@ -60,7 +60,7 @@ async def test_streamed_and_plain_give_same_tokens(client: TargetClient, endpoin
 async def test_top_logprobs_keyed_by_token_id(client: TargetClient, endpoint: Endpoint, stream: bool) -> None:
     r = await client.generate(_request(endpoint, _text(20), max_tokens=6, top_logprobs=5, stream=stream))
     assert r.ok, r.error
-    for chosen, logprob, top in zip(r.output_token_ids, r.token_logprobs, r.top_logprobs):
+    for chosen, logprob, top in zip(r.output_token_ids, r.token_logprobs, r.top_logprobs, strict=False):
         assert all(isinstance(k, int) for k in top)
         assert 5 <= len(top) <= 6  # vLLM adds the chosen token when it is outside the top k
         assert chosen in top and top[chosen] == pytest.approx(logprob)

@@ -41,10 +41,7 @@ def _separates(k: int, tenants: int) -> bool:
     """Brute force: can k fixed-sets separate `tenants` one-user tenants in both directions?"""
     subsets = [frozenset(c) for r in range(k + 1) for c in combinations(range(k), r)]
     # each tenant gets the set of re-runs that hold it fixed; all ordered pairs need v-not-subset-of-s
-    for codes in combinations(subsets, tenants):
-        if all(not a <= b for a in codes for b in codes if a is not b):
-            return True
-    return False
+    return any(all(not a <= b for a in codes for b in codes if a is not b) for codes in combinations(subsets, tenants))
 
 
 def test_the_number_of_reruns_is_the_minimum() -> None:

@@ -27,8 +27,14 @@ from harness.history.record import History
 from harness.result import RunMeta, RunResult
 from harness.scenario.io import dump_scenario, load_scenario, parse_scenario
 from harness.scenario.model import Scenario
-from harness.scenario.strategies import (BLOCK_TOKENS, boundary_words, expects_cross_user_hits, scenario_hash, scenarios,
-                                shared_tokens)
+from harness.scenario.strategies import (
+    BLOCK_TOKENS,
+    boundary_words,
+    expects_cross_user_hits,
+    scenario_hash,
+    scenarios,
+    shared_tokens,
+)
 from harness.verdict import CheckResult, Decision, Verdict
 
 BLEED_SEED = 3

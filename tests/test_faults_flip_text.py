@@ -29,7 +29,7 @@ from tests.scripted import serve_app
 TOKENS = [" a", " bb", " ccc", " dddd"]
 CONFIDENT = 1  # the only position whose top-1 margin exceeds FLIP_MIN_MARGIN
 _POOL = {f" {w}": 1000 + i for i, w in enumerate(word_pool())}
-_IDS = {t: 10 + i for i, t in enumerate(TOKENS + [" alt0", " alt1", " alt2", " alt3", " zz"])} | _POOL
+_IDS = {t: 10 + i for i, t in enumerate([*TOKENS, " alt0", " alt1", " alt2", " alt3", " zz"])} | _POOL
 
 
 def _top(j: int) -> dict[str, float]:
@@ -197,11 +197,14 @@ async def test_the_client_recovers_the_flipped_id(fake: FakeLlamaCpp) -> None:
     """What the harness sees: every token maps back to one id, and only the flipped one changed,
     to an id outside the reference's top logprobs (so no near-tie can explain it)."""
     req = GenerationRequest("completions", "tiny-llama", prompt="x y z", max_tokens=4, top_logprobs=3)
-    async with FaultProxy(fake.url, fault="flip", seed=5) as proxy:
-        async with TargetClient(proxy.url) as via, TargetClient(fake.url) as direct:
-            faulted, reference = await via.generate(req), await direct.generate(req)
+    async with (
+        FaultProxy(fake.url, fault="flip", seed=5) as proxy,
+        TargetClient(proxy.url) as via, TargetClient(fake.url) as direct,
+    ):
+        faulted, reference = await via.generate(req), await direct.generate(req)
     assert faulted.token_ids_source == reference.token_ids_source == "tokenize"
-    diffs = [k for k, (a, b) in enumerate(zip(reference.output_token_ids, faulted.output_token_ids)) if a != b]
+    pairs = zip(reference.output_token_ids, faulted.output_token_ids, strict=False)
+    diffs = [k for k, (a, b) in enumerate(pairs) if a != b]
     assert diffs == [CONFIDENT] and len(proxy.injections) == 1
     assert faulted.output_token_ids[CONFIDENT] not in reference.top_logprobs[CONFIDENT]
     ranked = sorted(reference.top_logprobs[CONFIDENT].values(), reverse=True)
@@ -211,9 +214,11 @@ async def test_the_client_recovers_the_flipped_id(fake: FakeLlamaCpp) -> None:
 async def test_without_a_tokenizer_flip_uses_a_token_the_server_produced(
         fake_without_tokenizer: FakeLlamaCpp) -> None:
     body = {"model": "tiny-llama", "prompt": "x y z", "max_tokens": 4, "logprobs": 3}
-    async with FaultProxy(fake_without_tokenizer.url, fault="flip", seed=5) as proxy:
-        async with httpx.AsyncClient(timeout=30) as http:
-            resp = await http.post(proxy.url + "/v1/completions", json=body)
+    async with (
+        FaultProxy(fake_without_tokenizer.url, fault="flip", seed=5) as proxy,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        resp = await http.post(proxy.url + "/v1/completions", json=body)
     text, toks, _, _, offs = _completion_view(resp, False)
     seen_elsewhere = {t for j in range(len(TOKENS)) if j != CONFIDENT for t in _top(j)} - set(_top(CONFIDENT))
     assert len(proxy.injections) == 1 and toks[CONFIDENT] in seen_elsewhere

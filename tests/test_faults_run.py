@@ -68,5 +68,5 @@ def test_noise_below_tolerance_does_not_fail(embedded_url: str, tmp_path: Path) 
 
 
 def test_transparent_proxy_passes(embedded_url: str, tmp_path: Path) -> None:
-    out, report, injected = _run_through(None, embedded_url, tmp_path, ["multi-turn.yaml"])
+    out, _report, injected = _run_through(None, embedded_url, tmp_path, ["multi-turn.yaml"])
     assert injected == 0 and out.verdict is Verdict.PASS

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import struct
 import subprocess
 import tempfile
@@ -24,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.frontends.cli import main as cli_main
 from harness.faults.proxy import FaultProxy
-from harness.history.record import HistoryWriter, Operation, RunInfo
+from harness.frontends.cli import main as cli_main
 from harness.frontends.runs import RunConfig, run_isolation
+from harness.history.record import HistoryWriter, Operation, RunInfo
 from harness.reporters import html as html_reporter
 from harness.reporters.html import shared_prefixes, write_selftest_html
 from harness.reporters.reproducer import curl_command
@@ -145,7 +144,7 @@ def synth_folder(d: Path, *, scenarios: int = 1, users: int = 3, turns: int = 1,
         mains = [o for o in ops if o.run == "main"]
         for k, ref in enumerate(mains[:violations]):
             obs = by_id[ref.op_id.replace("main/", "cf-0/", 1)]
-            obs.output_token_ids = ref.output_token_ids[:5] + [ref.output_token_ids[5] + 7] + ref.output_token_ids[6:]
+            obs.output_token_ids = [*ref.output_token_ids[:5], ref.output_token_ids[5] + 7, *ref.output_token_ids[6:]]
             obs.top_logprobs = list(ref.top_logprobs)
             obs.output_text = " ".join(f"w{t}" for t in obs.output_token_ids)
             message = f"user {ref.user!r} turn {ref.turn}: cf-0 output differs from main at token 5"

@@ -26,7 +26,9 @@ def test_known_findings_move_only_matching_violations() -> None:
                CheckResult("counterfactual-isolation", Verdict.FAIL, 3,
                            [_v("counterfactual-isolation", "s", ["b"])])]
     history = History([RunInfo(run="main", scenario="s", nonce=" n", seed=0, variants={}, canaries={},
-                               tenants={}, models={})])
+                               tenants={}, models={}),
+                       RunInfo(run="solo", scenario="s", nonce=" n", seed=0, variants={}, canaries={},
+                               tenants={}, models={}, isolation="salt")])
     [outcome] = match_known(results, [f], "1.0", history)
     assert len(outcome.violations) == 1 and outcome.to_json()["reproduced"]
     assert [r.verdict for r in results] == [Verdict.FAIL] * 3  # matching changes no verdict
@@ -77,13 +79,14 @@ def test_adversary_finds_structured_outputs_500_and_server_stays_healthy(embedde
 
 def test_known_batch_mix_needs_real_overlap_with_another_model() -> None:
     f = KnownFinding(id="k", title="t", checks=["cache-transparency"], scenarios=["s"], batched_with_other_model=True)
-    from tests.test_checks_unit import op  # noqa: PLC0415
+    from tests.factories import info, op
 
     ref, obs = op("solo", "a", [1]), op("main", "a", [2])
     adapter = op("main", "b", [3])
     adapter.model = "adapter-a"
     v = Violation(check="cache-transparency", scenario="s", message="m", users=["a"], op_ids=[ref.op_id, obs.op_id])
-    alone = History([ref, obs])
+    solo = info("solo", {"a": 0}, isolation="salt")
+    alone = History([solo, ref, obs])
     assert not f.matches(v, alone)
     adapter.invoke_s, adapter.complete_s = obs.invoke_s + 0.1, obs.complete_s + 1
-    assert f.matches(v, History([ref, obs, adapter]))
+    assert f.matches(v, History([solo, ref, obs, adapter]))

@@ -125,7 +125,8 @@ def test_port_in_time_wait_is_free() -> None:
     assert not port_in_use(port)
 
 
-def test_startup_timeout_leaves_no_process(model_dir: Path, tmp_path: Path, server_cleanup: list[EmbeddedServer]) -> None:
+def test_startup_timeout_leaves_no_process(model_dir: Path, tmp_path: Path,
+                                           server_cleanup: list[EmbeddedServer]) -> None:
     server = EmbeddedServer(model_dir=model_dir, log_path=tmp_path / "vllm.log", startup_timeout_s=2.0)
     server_cleanup.append(server)
     with pytest.raises(LaunchError, match="not healthy") as info:
@@ -152,7 +153,8 @@ def test_folder_that_is_not_a_model_exits_early(tmp_path: Path, server_cleanup: 
 
 
 @pytest.mark.integration
-def test_dying_server_is_reported_and_cleaned_up(model_dir: Path, tmp_path: Path, server_cleanup: list[EmbeddedServer]) -> None:
+def test_dying_server_is_reported_and_cleaned_up(model_dir: Path, tmp_path: Path,
+                                                  server_cleanup: list[EmbeddedServer]) -> None:
     log = tmp_path / "vllm.log"
     server = EmbeddedServer(model_dir=model_dir, log_path=log)
     server_cleanup.append(server)

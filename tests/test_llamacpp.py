@@ -24,21 +24,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from harness.stacks.llamacpp import LlamaCppServer, build_gguf, gguf_path_for, llama_cpp_available
-
-import httpx
-
+from harness.client import GenerationRequest, TargetClient
+from harness.engine import RunOptions
 from harness.faults.flip import FLIP_MIN_MARGIN
 from harness.faults.proxy import FaultProxy
-from harness.engine import RunOptions
 from harness.frontends.runs import run_files
+from harness.probe.capabilities import probe
+from harness.probe.needs import solo_isolation
 from harness.result import RunResult
 from harness.stacks import make_stack
-from harness.probe.needs import solo_isolation
-from harness.probe.capabilities import probe
-from harness.client import GenerationRequest, TargetClient
+from harness.stacks.llamacpp import LlamaCppServer, build_gguf, gguf_path_for, llama_cpp_available
 from harness.stacks.vllm import LaunchError
 from harness.testmodel.embedded_model import build
 from harness.verdict import Verdict
@@ -106,7 +104,7 @@ def test_server_tokenizer_matches_the_model_tokenizer(llamacpp_url: str) -> None
         async with TargetClient(llamacpp_url) as client:
             return [await client.tokenize("tiny-llama", t) for t in texts]
 
-    for text, ids in zip(texts, asyncio.run(go())):
+    for text, ids in zip(texts, asyncio.run(go()), strict=True):
         assert ids == tok.encode(text, add_special_tokens=False), text
 
 
@@ -132,7 +130,7 @@ def test_client_recovers_token_ids_from_text(llamacpp_url: str) -> None:
         assert res.token_ids_source == "tokenize" and len(res.output_token_ids) == 8
         assert tok.decode(res.output_token_ids) == res.output_text
         assert res.cached_tokens is None  # never reported: unknown, not 0
-        assert all(t in top and len(top) >= 3 for t, top in zip(res.output_token_ids, res.top_logprobs))
+        assert all(t in top and len(top) >= 3 for t, top in zip(res.output_token_ids, res.top_logprobs, strict=False))
     assert streamed.output_token_ids == plain.output_token_ids
 
 
@@ -204,7 +202,7 @@ def test_flip_injects_on_text_keyed_logprobs(endpoint: str, stream: bool, llamac
     assert "one token on the target" in injections[0].detail
     assert faulted.token_ids_source == "tokenize", "every flipped-response token maps back to one id"
     a, b = reference.output_token_ids, faulted.output_token_ids
-    diffs = [k for k, (x, y) in enumerate(zip(a, b)) if x != y]
+    diffs = [k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y]
     assert len(a) == len(b) and len(diffs) == 1
     k = diffs[0]
     ranked = sorted(reference.top_logprobs[k].values(), reverse=True)

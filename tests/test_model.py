@@ -15,7 +15,7 @@ import pytest
 
 from harness.scenario.words import word_pool
 from harness.testmodel import sensitivity as sn
-from harness.testmodel.embedded_model import ADAPTER_NAMES, ModelRecipe, SPECIAL_TOKENS, adapter_dirs, build
+from harness.testmodel.embedded_model import ADAPTER_NAMES, SPECIAL_TOKENS, ModelRecipe, adapter_dirs, build
 
 SERVER_TRIALS = 20
 
@@ -99,7 +99,7 @@ def test_adapters_are_peft_lora(model_dir: Path) -> None:
         assert cfg["peft_type"] == "LORA" and cfg["task_type"] == "CAUSAL_LM"
         assert cfg["r"] == r and sorted(cfg["target_modules"]) == sorted(shapes)
         with safe_open(str(path / "adapter_model.safetensors"), "pt") as f:
-            tensors[name] = {k: f.get_tensor(k) for k in f.keys()}
+            tensors[name] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has keys() but is not iterable)
         expected = set()
         for layer in range(recipe.num_layers):
             for mod, (dout, din) in shapes.items():

@@ -198,7 +198,7 @@ def test_marker_options_and_call_options_reach_the_run(pytester: pytest.Pytester
 
     seen: list = []
 
-    def fake_run(scenarios, target, options, report_dir):  # noqa: ANN001, ANN202 - stands in for run_objects
+    def fake_run(scenarios, target, options, report_dir):
         seen.append((scenarios, target, options, report_dir))
         return _result(report_dir, Verdict.PASS)
 
@@ -275,7 +275,7 @@ def test_failure_message_quotes_the_reproducer(tmp_path: Path) -> None:
 def test_unknown_fails_unless_allowed(tmp_path: Path) -> None:
     outcome = _outcome(tmp_path, Verdict.UNKNOWN, [], error="target http://x is unreachable")
     assert_isolated(outcome, allow_unknown=True)
-    with pytest.raises(IsolationFailure, match="(?s)UNKNOWN.*unreachable.*no cache hit across users"):
+    with pytest.raises(IsolationFailure, match=r"(?s)UNKNOWN.*unreachable.*no cache hit across users"):
         assert_isolated(outcome)
     assert_isolated(_result(tmp_path, Verdict.PASS))
     assert "isolation verdict UNKNOWN" in format_outcome(outcome)

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.client import TargetClient
 from harness.frontends.cli import main
 from harness.probe.capabilities import Capabilities, probe, request_fields
-from harness.client import TargetClient
 from harness.testmodel.embedded_model import ADAPTER_NAMES
 
 
@@ -114,7 +114,7 @@ class _NotOpenAI(BaseHTTPRequestHandler):
 
     status = 404
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         body = b"<html><body>nothing here</body></html>"
         self.send_response(self.status)
         self.send_header("Content-Type", "text/html")

@@ -44,7 +44,7 @@ from harness.history.record import Operation, read_history
 from harness.scenario.io import load_scenario
 from harness.scenario.model import Scenario, Schedule, Tenant, User
 from harness.scenario.render import make_nonce
-from harness.scenario.strategies import SHARED_TOPOLOGIES, schedules, scenarios, with_expectation
+from harness.scenario.strategies import SHARED_TOPOLOGIES, scenarios, schedules, with_expectation
 from harness.verdict import Verdict
 
 settings.register_profile(

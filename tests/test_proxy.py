@@ -122,19 +122,21 @@ def _margin(top: dict[int, float]) -> float:
 @pytest.mark.parametrize(("endpoint", "stream"), [("completions", False), ("chat", True), ("completions", True)])
 async def test_flip_changes_one_confident_token(embedded_url: str, direct: TargetClient, endpoint: Endpoint,
                                                stream: bool) -> None:
-    async with FaultProxy(embedded_url, fault="flip", seed=3) as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            for _ in range(4):  # a response with no confident position is left alone; try another prompt
-                req = _request(endpoint, " ".join(_words(40)), stream=stream, max_tokens=16, top_logprobs=5)
-                faulted = await _gen(via, req)
-                if proxy.injections:
-                    break
-                assert faulted.output_token_ids == (await _gen(direct, req)).output_token_ids
-            reference = await _gen(direct, req)
+    async with (
+        FaultProxy(embedded_url, fault="flip", seed=3) as proxy,
+        TargetClient(proxy.url, timeout_s=STEP_S) as via,
+    ):
+        for _ in range(4):  # a response with no confident position is left alone; try another prompt
+            req = _request(endpoint, " ".join(_words(40)), stream=stream, max_tokens=16, top_logprobs=5)
+            faulted = await _gen(via, req)
+            if proxy.injections:
+                break
+            assert faulted.output_token_ids == (await _gen(direct, req)).output_token_ids
+        reference = await _gen(direct, req)
     assert len(proxy.injections) == 1, "no output had a position with a large top-1 margin"
     a, b = reference.output_token_ids, faulted.output_token_ids
     assert len(a) == len(b)
-    diffs = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    diffs = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
     assert len(diffs) == 1
     k = diffs[0]
     assert _margin(reference.top_logprobs[k]) > flip.FLIP_MIN_MARGIN  # not a near-tie
@@ -167,10 +169,9 @@ async def test_salt_faults_let_salts_share(embedded_url: str, direct: TargetClie
 async def test_phantom_hit_inflates_cached_tokens(embedded_url: str, direct: TargetClient, stream: bool) -> None:
     req = _request("chat", " ".join(_words(70)), stream=stream)
     await _reset(direct)
-    async with FaultProxy(embedded_url, fault="phantom-hit") as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            faulted = await _gen(via, req)
-            again = await _gen(via, req)  # a real hit: left alone
+    async with FaultProxy(embedded_url, fault="phantom-hit") as proxy, TargetClient(proxy.url, timeout_s=STEP_S) as via:
+        faulted = await _gen(via, req)
+        again = await _gen(via, req)  # a real hit: left alone
     await _reset(direct)
     real = await _gen(direct, req)
     assert real.cached_tokens == 0
@@ -189,8 +190,8 @@ async def test_noise_moves_logprobs_not_tokens(embedded_url: str, direct: Target
     clean = await _gen(direct, req)
     assert noisy.output_token_ids == clean.output_token_ids and noisy.prompt_token_ids == clean.prompt_token_ids
     assert noisy.output_text == clean.output_text
-    deltas = [abs(x - y) for x, y in zip(noisy.token_logprobs, clean.token_logprobs)]
-    for n_top, c_top in zip(noisy.top_logprobs, clean.top_logprobs):
+    deltas = [abs(x - y) for x, y in zip(noisy.token_logprobs, clean.token_logprobs, strict=False)]
+    for n_top, c_top in zip(noisy.top_logprobs, clean.top_logprobs, strict=False):
         assert n_top.keys() == c_top.keys()
         deltas += [abs(n_top[t] - c_top[t]) for t in c_top]
     assert max(deltas) < 1e-6 and sum(d > 0 for d in deltas) > len(deltas) // 2
@@ -239,10 +240,12 @@ def _words_tokens(url: str, text: str) -> list[int]:
 async def test_swap_exchanges_concurrent_users(embedded_url: str, direct: TargetClient, endpoint: Endpoint,
                                                streams: tuple[bool, bool]) -> None:
     reqs = [_request(endpoint, " ".join(_words(30)), user=u, stream=s, max_tokens=10)
-            for u, s in zip(("alice", "bob"), streams)]
-    async with FaultProxy(embedded_url, fault="swap", swap_window_s=STEP_S) as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            got = await asyncio.gather(*(_gen(via, r) for r in reqs))
+            for u, s in zip(("alice", "bob"), streams, strict=True)]
+    async with (
+        FaultProxy(embedded_url, fault="swap", swap_window_s=STEP_S) as proxy,
+        TargetClient(proxy.url, timeout_s=STEP_S) as via,
+    ):
+        got = await asyncio.gather(*(_gen(via, r) for r in reqs))
     clean = [await _gen(direct, r) for r in reqs]
     assert clean[0].output_token_ids != clean[1].output_token_ids
     assert got[0].output_token_ids == clean[1].output_token_ids
@@ -254,10 +257,12 @@ async def test_swap_exchanges_concurrent_users(embedded_url: str, direct: Target
 
 async def test_swap_leaves_one_users_requests_alone(embedded_url: str, direct: TargetClient) -> None:
     reqs = [_request("completions", " ".join(_words(20)), user="carol", max_tokens=6) for _ in range(2)]
-    async with FaultProxy(embedded_url, fault="swap", swap_window_s=0.3) as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            got = await asyncio.gather(*(_gen(via, r) for r in reqs))
-    for g, r in zip(got, reqs):
+    async with (
+        FaultProxy(embedded_url, fault="swap", swap_window_s=0.3) as proxy,
+        TargetClient(proxy.url, timeout_s=STEP_S) as via,
+    ):
+        got = await asyncio.gather(*(_gen(via, r) for r in reqs))
+    for g, r in zip(got, reqs, strict=True):
         assert g.output_token_ids == (await _gen(direct, r)).output_token_ids
     assert not proxy.injections
 
@@ -284,10 +289,9 @@ async def test_stale_serves_a_different_prompts_answer(embedded_url: str, direct
 async def test_benign_timing_faults_keep_tokens(embedded_url: str, direct: TargetClient, fault: str) -> None:
     reqs = [_request(e, " ".join(_words(20)), user=f"u{i}", stream=i % 2 == 0, max_tokens=6)
             for i, e in enumerate(["completions", "chat", "completions", "chat"])]
-    async with FaultProxy(embedded_url, fault=fault, seed=7) as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            got = await asyncio.gather(*(_gen(via, r) for r in reqs))
-    for g, r in zip(got, reqs):
+    async with FaultProxy(embedded_url, fault=fault, seed=7) as proxy, TargetClient(proxy.url, timeout_s=STEP_S) as via:
+        got = await asyncio.gather(*(_gen(via, r) for r in reqs))
+    for g, r in zip(got, reqs, strict=True):
         clean = await _gen(direct, r)
         assert g.output_token_ids == clean.output_token_ids and g.prompt_token_ids == clean.prompt_token_ids
     assert len(proxy.injections) == 4
@@ -295,9 +299,11 @@ async def test_benign_timing_faults_keep_tokens(embedded_url: str, direct: Targe
 
 async def test_rate_zero_injects_nothing(embedded_url: str, direct: TargetClient) -> None:
     req = _request("completions", " ".join(_words(40)), max_tokens=16)
-    async with FaultProxy(embedded_url, fault="flip", rate=0.0) as proxy:
-        async with TargetClient(proxy.url, timeout_s=STEP_S) as via:
-            got = await _gen(via, req)
+    async with (
+        FaultProxy(embedded_url, fault="flip", rate=0.0) as proxy,
+        TargetClient(proxy.url, timeout_s=STEP_S) as via,
+    ):
+        got = await _gen(via, req)
     assert got.output_token_ids == (await _gen(direct, req)).output_token_ids
     assert proxy.requests_seen == 1 and not proxy.injections
 
@@ -388,40 +394,44 @@ def _body(mode: str, stream: bool) -> dict[str, Any]:
 
 @pytest.mark.parametrize("fault", BAD_FAULTS)
 async def test_errors_and_garbage_pass_through(broken: BrokenUpstream, fault: str | None) -> None:
-    async with FaultProxy(broken.url, fault=fault, swap_window_s=0.2) as proxy:
-        async with httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http:
-            async def run() -> None:
-                r = await http.post("/v1/completions", json=_body("500", False), headers={"X-Harness-User": "u"})
-                assert r.status_code == 500 and r.json() == {"error": {"message": "boom", "code": 500}}
-                r = await http.post("/v1/completions", json=_body("badjson", False))
-                assert r.status_code == 200 and r.content == b"{not json"
-                r = await http.post("/v1/completions", json=_body("badsse", True))
-                assert r.status_code == 200 and b"data: {garbage" in r.content and b"[DONE]" in r.content
-                r = await http.post("/v1/completions", json=_body("midbody", False))
-                assert r.status_code == 502 and "broke off" in r.json()["error"]["message"]
-                r = await http.get("/metrics")
-                assert r.status_code == 500 and r.text == "metrics exploded"
+    async with (
+        FaultProxy(broken.url, fault=fault, swap_window_s=0.2) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http,
+    ):
+        async def run() -> None:
+            r = await http.post("/v1/completions", json=_body("500", False), headers={"X-Harness-User": "u"})
+            assert r.status_code == 500 and r.json() == {"error": {"message": "boom", "code": 500}}
+            r = await http.post("/v1/completions", json=_body("badjson", False))
+            assert r.status_code == 200 and r.content == b"{not json"
+            r = await http.post("/v1/completions", json=_body("badsse", True))
+            assert r.status_code == 200 and b"data: {garbage" in r.content and b"[DONE]" in r.content
+            r = await http.post("/v1/completions", json=_body("midbody", False))
+            assert r.status_code == 502 and "broke off" in r.json()["error"]["message"]
+            r = await http.get("/metrics")
+            assert r.status_code == 500 and r.text == "metrics exploded"
 
-            await asyncio.wait_for(run(), 20.0)
+        await asyncio.wait_for(run(), 20.0)
     assert not proxy.injections or fault in ("reorder", "delay", "bleed")  # these act before the upstream answers
 
 
 @pytest.mark.parametrize("fault", BAD_FAULTS)
 async def test_broken_stream_ends_broken(broken: BrokenUpstream, fault: str | None) -> None:
-    async with FaultProxy(broken.url, fault=fault, swap_window_s=0.2) as proxy:
-        async with httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http:
-            async def run() -> tuple[bytes, BaseException | None]:
-                got = b""
-                try:
-                    async with http.stream("POST", "/v1/completions", json=_body("midstream", True)) as r:
-                        assert r.status_code == 200
-                        async for part in r.aiter_bytes():
-                            got += part
-                except httpx.HTTPError as exc:
-                    return got, exc
-                return got, None
+    async with (
+        FaultProxy(broken.url, fault=fault, swap_window_s=0.2) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http,
+    ):
+        async def run() -> tuple[bytes, BaseException | None]:
+            got = b""
+            try:
+                async with http.stream("POST", "/v1/completions", json=_body("midstream", True)) as r:
+                    assert r.status_code == 200
+                    async for part in r.aiter_bytes():
+                        got += part
+            except httpx.HTTPError as exc:
+                return got, exc
+            return got, None
 
-            got, exc = await asyncio.wait_for(run(), 20.0)
+        got, exc = await asyncio.wait_for(run(), 20.0)
     assert b'" one"' in got and b"[DONE]" not in got
     assert isinstance(exc, httpx.RemoteProtocolError)  # the client can tell the stream broke
     assert proxy.requests_seen == 1
@@ -429,10 +439,12 @@ async def test_broken_stream_ends_broken(broken: BrokenUpstream, fault: str | No
 
 @pytest.mark.parametrize("fault", [None, "flip", "swap"])
 async def test_silent_upstream_times_out(broken: BrokenUpstream, fault: str | None) -> None:
-    async with FaultProxy(broken.url, fault=fault, timeout_s=0.5) as proxy:
-        async with httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http:
-            r = await asyncio.wait_for(http.post("/v1/completions", json=_body("hang", False)), 20.0)
-            s = await asyncio.wait_for(http.post("/v1/completions", json=_body("hang", True)), 20.0)
+    async with (
+        FaultProxy(broken.url, fault=fault, timeout_s=0.5) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http,
+    ):
+        r = await asyncio.wait_for(http.post("/v1/completions", json=_body("hang", False)), 20.0)
+        s = await asyncio.wait_for(http.post("/v1/completions", json=_body("hang", True)), 20.0)
     assert r.status_code == s.status_code == 504
     assert "did not answer" in r.json()["error"]["message"]
 
@@ -440,28 +452,32 @@ async def test_silent_upstream_times_out(broken: BrokenUpstream, fault: str | No
 @pytest.mark.parametrize("fault", [None, "flip", "reorder"])
 async def test_upstream_silent_mid_stream_breaks_the_stream(broken: BrokenUpstream, fault: str | None) -> None:
     """The upstream sends one chunk and then nothing (the gate is never opened): the stream breaks."""
-    async with FaultProxy(broken.url, fault=fault, timeout_s=0.5) as proxy:
-        async with httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http:
-            async def run() -> tuple[bytes, BaseException | None]:
-                got = b""
-                try:
-                    async with http.stream("POST", "/v1/completions", json=_body("gated", True)) as r:
-                        async for part in r.aiter_bytes():
-                            got += part
-                except httpx.HTTPError as exc:
-                    return got, exc
-                return got, None
+    async with (
+        FaultProxy(broken.url, fault=fault, timeout_s=0.5) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http,
+    ):
+        async def run() -> tuple[bytes, BaseException | None]:
+            got = b""
+            try:
+                async with http.stream("POST", "/v1/completions", json=_body("gated", True)) as r:
+                    async for part in r.aiter_bytes():
+                        got += part
+            except httpx.HTTPError as exc:
+                return got, exc
+            return got, None
 
-            got, exc = await asyncio.wait_for(run(), 20.0)
+        got, exc = await asyncio.wait_for(run(), 20.0)
     assert b'" one"' in got and b'" two"' not in got and b"[DONE]" not in got
     assert isinstance(exc, httpx.RemoteProtocolError)
 
 
 async def test_unreachable_upstream_is_502() -> None:
-    async with FaultProxy(f"http://127.0.0.1:{free_port()}", fault="flip") as proxy:
-        async with httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http:
-            r = await asyncio.wait_for(http.post("/v1/completions", json=_body("x", True)), 20.0)
-            m = await asyncio.wait_for(http.get("/v1/models"), 20.0)
+    async with (
+        FaultProxy(f"http://127.0.0.1:{free_port()}", fault="flip") as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http,
+    ):
+        r = await asyncio.wait_for(http.post("/v1/completions", json=_body("x", True)), 20.0)
+        m = await asyncio.wait_for(http.get("/v1/models"), 20.0)
     assert r.status_code == m.status_code == 502
 
 
@@ -485,9 +501,11 @@ async def test_plain_stream_is_relayed_unbuffered(broken: BrokenUpstream) -> Non
 async def test_buffering_fault_rewrites_fake_stream(broken: BrokenUpstream) -> None:
     """A buffered, edited stream is re-emitted as valid SSE ending in [DONE]."""
     broken.gate.set()
-    async with FaultProxy(broken.url, fault="noise") as proxy:
-        async with httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http:
-            r = await asyncio.wait_for(http.post("/v1/completions", json=_body("gated", True)), 20.0)
+    async with (
+        FaultProxy(broken.url, fault="noise") as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as http,
+    ):
+        r = await asyncio.wait_for(http.post("/v1/completions", json=_body("gated", True)), 20.0)
     events = [line[6:] for line in r.text.split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and len(events) == 3
     chunks = [json.loads(e) for e in events[:-1]]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness.frontends.cli import main
-from harness.history.record import Operation, read_history
 from harness.frontends.runs import RunConfig, run_isolation
+from harness.history.record import Operation, read_history
 from harness.stacks.vllm import EmbeddedServer
 from harness.verdict import Verdict
 

@@ -47,7 +47,8 @@ def test_malformed_yaml_and_bad_references() -> None:
     with pytest.raises(ScenarioError, match="unknown tenant 'zz'"):
         parse_scenario(GOOD.replace("tenant: a,", "tenant: zz,"), "x.yaml")
     with pytest.raises(ScenarioError, match="unknown shared prefix"):
-        parse_scenario(GOOD.replace("prefixes: [sys], private_words: 5", "prefixes: [nope], private_words: 5"), "x.yaml")
+        parse_scenario(GOOD.replace("prefixes: [sys], private_words: 5", "prefixes: [nope], private_words: 5"),
+                       "x.yaml")
     with pytest.raises(ScenarioError, match=r"users\[1\] \(u2\).*2 turns"):
         parse_scenario(GOOD.replace("[3, 4]", "[3, 4, 5]"), "x.yaml")
     with pytest.raises(ScenarioError, match="max_tokens"):

@@ -11,11 +11,19 @@ import pytest
 
 from harness.audit.stats import ARMS, CONTROL, MISS, MISS2, PROBE, Decision, SequentialPlan, look_at
 from harness.audit.timing import (
-    ATTACKER, CACHED_CHECK, TIMING_CHECK, VICTIM, AuditConfig, AuditResult, Round, Sample, judge_cached,
+    ATTACKER,
+    CACHED_CHECK,
+    TIMING_CHECK,
+    VICTIM,
+    AuditConfig,
+    AuditResult,
+    Round,
+    Sample,
+    judge_cached,
     judge_timing,
 )
-from harness.frontends.cli import main
 from harness.faults.proxy import FaultProxy
+from harness.frontends.cli import main
 from harness.verdict import Verdict
 
 PLAN = SequentialPlan(alpha=1e-6, min_probes=5, max_probes=30)
@@ -62,7 +70,7 @@ def test_shared_prefix_detection_is_a_finding_not_a_failure() -> None:
 
 def _result(policy: str, probe_cached: list[int | None], control_cached: list[int | None]) -> AuditResult:
     result = AuditResult(AuditConfig(target="http://unused", policy=policy), "m", 0, {VICTIM: None, ATTACKER: None})
-    for i, (pc, cc) in enumerate(zip(probe_cached, control_cached)):
+    for i, (pc, cc) in enumerate(zip(probe_cached, control_cached, strict=True)):
         cached = {PROBE: pc, CONTROL: cc, MISS: 0 if pc is not None else None, MISS2: 0 if pc is not None else None}
         probes = [Sample(a, ATTACKER, i, k, True, 0.1, 0.1, cached[a], 100, f"n{i}{a}") for k, a in enumerate(ARMS)]
         setup = [Sample(s, s, i, k, True, 0.1, 0.1, 0, 100, f"s{i}{s}") for k, s in enumerate((VICTIM, "prime"))]

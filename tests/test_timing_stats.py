@@ -8,8 +8,25 @@ import random
 import pytest
 
 from harness.audit.stats import (
-    CONTROL, KS, MISS, MISS2, MW, PROBE, Decision, SequentialPlan, analyse, effect, fewest_probes, holm,
-    holm_reject, ks_differ, ks_faster, look_at, mw_faster, replay, separation_p,
+    CONTROL,
+    KS,
+    MISS,
+    MISS2,
+    MW,
+    PROBE,
+    Decision,
+    SequentialPlan,
+    analyse,
+    effect,
+    fewest_probes,
+    holm,
+    holm_reject,
+    ks_differ,
+    ks_faster,
+    look_at,
+    mw_faster,
+    replay,
+    separation_p,
 )
 
 
@@ -55,7 +72,7 @@ def test_separated_samples_give_the_exact_separation_p(n: int) -> None:
     fast = [0.05 + 0.001 * i for i in range(n)]
     slow = [0.30 + 0.001 * i for i in range(n)]
     for test in (ks_faster, mw_faster):
-        stat, p = test(fast, slow)
+        _stat, p = test(fast, slow)
         assert p == pytest.approx(1 / math.comb(2 * n, n), rel=1e-6)
         assert p == pytest.approx(separation_p(n), rel=1e-6)
         assert test(slow, fast)[1] > 0.99  # one-sided: slower is never "faster"

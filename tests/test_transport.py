@@ -26,7 +26,8 @@ async def _app() -> web.Application:
         body = await request.json()
         mode = body["prompt"]
         if mode == "ok":
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Echo": request.headers.get("X-Echo", "")})
+            resp = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "X-Echo": request.headers.get("X-Echo", "")})
             await resp.prepare(request)
             await resp.write(EVENT)
             await resp.write(b"data: [DONE]\n\n")

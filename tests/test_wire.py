@@ -33,7 +33,7 @@ def _reference(stream: bytes) -> list[bytes]:
 
 def _cut(stream: bytes, rng: random.Random) -> list[bytes]:
     cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(1, 8))))
-    return [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    return [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
 
 
 def test_sse_data_is_the_same_however_the_stream_is_cut() -> None:

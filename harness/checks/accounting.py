@@ -15,6 +15,7 @@ every other request of its domain (which `explained_prefix`, the reference rule,
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import reduce
 from math import gcd
 
@@ -176,6 +177,41 @@ def _domain_unindexed(domains: dict[tuple[str, str | None], list[Operation]],
                for k, members in domains.items() if k != key and k not in loose for m in members)
 
 
+OUTPUT_ONLY_FIELDS = frozenset({
+    "return_token_ids", "return_tokens_as_token_ids", "logprobs", "top_logprobs", "max_tokens", "max_completion_tokens",
+    "stream", "stream_options", "temperature", "top_p", "top_k", "seed", "n", "cache_salt", "user"})
+"""Request fields that cannot change how a prompt is tokenized (a field not listed here might)."""
+
+
+def with_recovered_prompt_ids(ops: list[Operation]) -> tuple[list[Operation], int]:
+    """Give a hit that came without prompt ids the ids the server reported for an identical request
+    in the same run (same endpoint, served model and body but for `OUTPUT_ONLY_FIELDS`): the same
+    text through the same tokenizer path has the same ids. Returns the ops and how many got ids."""
+    def key(o: Operation) -> str | None:
+        if not isinstance(o.request, dict):
+            return None
+        body = {k: v for k, v in o.request.items() if k not in OUTPUT_ONLY_FIELDS}
+        try:
+            return repr((o.endpoint, o.served_model or o.model, sorted(body.items())))
+        except TypeError:
+            return None
+
+    known: dict[str, list[int]] = {}
+    for o in ops:
+        k = key(o) if o.prompt_token_ids is not None else None
+        if k is not None:
+            known.setdefault(k, o.prompt_token_ids or [])
+    out, recovered = [], 0
+    for o in ops:
+        k = key(o) if o.prompt_token_ids is None and o.cached_tokens else None
+        if k is not None and k in known:
+            out.append(replace(o, prompt_token_ids=known[k]))
+            recovered += 1
+        else:
+            out.append(o)
+    return out, recovered
+
+
 def reached(m: Operation, end: int) -> float:
     """When the block ending at `end` of m's prompt + output was observably in the server's cache:
     a prompt block once m's first token had arrived (its prefill was done), an output block once m
@@ -194,11 +230,15 @@ _NEVER = float("inf")
        needs=(Need.CACHED_TOKENS,))
 def accounting(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
-    ops = [o for o in history.ops if o.ok]
+    everything, recovered = with_recovered_prompt_ids(history.ops)
+    ops = [o for o in everything if o.ok]
     if not ops or all(o.cached_tokens is None for o in ops):
         result.notes.append("the target reported no cached-token counts")
         return result
     ev = result.evidence
+    if recovered:
+        ev["hits_ids_from_identical_request"] = recovered
+        result.notes.append(f"{recovered} hit(s) without prompt ids took the ids of an identical request of the run")
     blind = [o for o in ops if o.cached_tokens and o.prompt_token_ids is None]
     if blind:
         ev["hits_without_ids"] = len(blind)
@@ -207,7 +247,7 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
     block = infer_block_size([o for o in ops if o.prompt_token_ids is not None])
     result.notes.append(f"block size inferred from cached counts: {block}")
     # Failed requests may have filled the cache before failing: they explain hits (never observably).
-    sources = [o for o in history.ops if o.prompt_token_ids is not None]
+    sources = [o for o in everything if o.prompt_token_ids is not None]
     domains: dict[tuple[str, str | None], list[Operation]] = {}
     for o in sources:
         domains.setdefault((domain_model(o), o.cache_salt), []).append(o)

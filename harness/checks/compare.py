@@ -18,6 +18,9 @@ from harness.history.record import Operation
 DEFAULT_TOLERANCE = 1e-3  # nats; float32 runs measured identical to below 1e-6
 
 Outcome = Literal["equal", "drift", "violation", "incomparable"]
+Divergence = Literal["outside-reference-top", "outside-observed-top", "own-token-missing", "reference-margin",
+                     "observed-margin", "near-tie", "truncated", ""]
+"""Which rule a divergence met: the kind of divergence a known finding's signature names."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Comparison:
     """The observed side's margin between the two tokens (None where it cannot be read)."""
     tokens_compared: int = 0
     """Positions shown equal: the whole output when equal, else the ones before the divergence."""
+    kind: Divergence = ""
 
 
 def _without_ids(op: Operation) -> bool:
@@ -57,23 +61,26 @@ def compare_tokens(ref: Operation, obs: Operation, tolerance: float = DEFAULT_TO
             "violation", position=n,
             reference_token=a[n] if n < len(a) else None, observed_token=b[n] if n < len(b) else None,
             reason=f"one output is a strict prefix of the other ({len(a)} vs {len(b)} tokens)", tokens_compared=n,
+            kind="truncated",
         )
     ta, tb = a[pos], b[pos]
     ref_top = ref.top_logprobs[pos] if pos < len(ref.top_logprobs) else {}
     obs_top = obs.top_logprobs[pos] if pos < len(obs.top_logprobs) else {}
     ref_margin, obs_margin = _margin(ref_top, ta, tb), _margin(obs_top, ta, tb)
 
-    def verdict(outcome: Outcome, reason: str) -> Comparison:
-        return Comparison(outcome, pos, ta, tb, ref_margin, reason, obs_margin, pos)
+    def verdict(outcome: Outcome, kind: Divergence, reason: str) -> Comparison:
+        return Comparison(outcome, pos, ta, tb, ref_margin, reason, obs_margin, pos, kind)
 
     if tb not in ref_top:
-        return verdict("violation", "observed token not among the reference's top logprobs")
+        return verdict("violation", "outside-reference-top", "observed token not among the reference's top logprobs")
     if ta not in obs_top:
-        return verdict("violation", "reference token not among the observed top logprobs")
+        return verdict("violation", "outside-observed-top", "reference token not among the observed top logprobs")
     if ref_margin is None or obs_margin is None:
-        return verdict("violation", "a side's own token is missing from its top logprobs, so its margin is unknown")
+        return verdict("violation", "own-token-missing",
+                       "a side's own token is missing from its top logprobs, so its margin is unknown")
     if ref_margin >= tolerance:
-        return verdict("violation", f"reference margin {ref_margin:.3g} >= tolerance {tolerance:g}")
+        return verdict("violation", "reference-margin", f"reference margin {ref_margin:.3g} >= tolerance {tolerance:g}")
     if obs_margin >= tolerance:
-        return verdict("violation", f"observed margin {obs_margin:.3g} >= tolerance {tolerance:g}")
-    return verdict("drift", "near-tie: both tokens in each other's top logprobs, both margins below the tolerance")
+        return verdict("violation", "observed-margin", f"observed margin {obs_margin:.3g} >= tolerance {tolerance:g}")
+    return verdict("drift", "near-tie",
+                   "near-tie: both tokens in each other's top logprobs, both margins below the tolerance")

@@ -54,7 +54,7 @@ def _compare_conversations(
                              f"{cmp.position} ({cmp.reference_token} -> {cmp.observed_token}): {cmp.reason}"),
                     details={"position": cmp.position, "reference_token": cmp.reference_token,
                              "observed_token": cmp.observed_token, "margin": cmp.margin,
-                             "observed_margin": cmp.observed_margin,
+                             "observed_margin": cmp.observed_margin, "divergence": cmp.kind,
                              "reference_run": ref_run, "observed_run": obs_run, "turn": r.turn},
                 ))
             break  # later turns of this conversation have different prompts

@@ -199,6 +199,10 @@ class TargetClient:
                 acc.result.ttft_s = time.perf_counter() - start
         return False
 
+    async def tokenize(self, model: str | None, text: str) -> list[int] | None:
+        """The server's own tokenization of `text` (POST /extras/tokenize; None: not offered)."""
+        return await self._text_ids.tokenize(model, text)
+
     async def get_json(self, path: str) -> Any:
         resp = await self._http.get(path)
         resp.raise_for_status()

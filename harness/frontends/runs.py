@@ -2,8 +2,8 @@
 
 `run_and_report` takes `Scenario` objects; `run_files` loads YAML scenario files (and a
 known-findings file) first, and turns a file that cannot be read into an UNKNOWN run with the
-message (exit 2), reports written as for any run. `run_isolation` is the path-based call of the
-old pipeline (`harness.pipeline`), kept for callers that have not moved yet.
+message (exit 2), reports written as for any run. `run_isolation` takes every setting as the
+command line gives them (`RunConfig`: paths, a target URL or stack name), for `harness run`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run_files(paths: list[Path], stack: Stack, options: RunOptions, report_dir: 
 
 @dataclass
 class RunConfig:
-    """The old pipeline's settings (paths in, a report folder out); see `run_isolation`."""
+    """`harness run`'s settings (paths in, a report folder out); see `run_isolation`."""
 
     target: str | None = None
     scenario_paths: list[Path] = field(default_factory=lambda: [Path("scenarios")])

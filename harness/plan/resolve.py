@@ -45,5 +45,6 @@ def resolve_models(scenario: Scenario, entries: list[dict[str, Any]]) -> dict[st
         elif role in ids:
             out[user.name] = role
         else:
-            raise ResolveError(f"scenario {scenario.name!r}: model {role!r} is not served by the target ({sorted(ids)})")
+            raise ResolveError(
+                f"scenario {scenario.name!r}: model {role!r} is not served by the target ({sorted(ids)})")
     return out

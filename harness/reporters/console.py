@@ -47,4 +47,5 @@ def print_summary(result: RunResult, console: Console, report_dir: Path | None =
         console.print(f"report: {report_dir}/report.html  json: {report_dir}/report.json  "
                       f"junit: {report_dir}/junit.xml  history: {report_dir}/history.jsonl")
     verdict = result.verdict
-    console.print(f"verdict: [{_STYLE[verdict]}]{verdict.value.upper()}[/] (exit {verdict.exit_code})")
+    style = "bold magenta" if result.known_reproduced and verdict is Verdict.PASS else _STYLE[verdict]
+    console.print(f"verdict: [{style}]{result.headline}[/] (exit {verdict.exit_code})")

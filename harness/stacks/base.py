@@ -9,7 +9,7 @@ can do. Implementations: `stacks.vllm.EmbeddedServer`, `stacks.llamacpp.LlamaCpp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from harness.history.record import Event
 
@@ -29,7 +29,9 @@ class StackTraits:
 class Stack(Protocol):
     """A server under test. `start` returns the base URL; `stop` is idempotent."""
 
-    NAME: ClassVar[str]
+    @property
+    def NAME(self) -> str:
+        """The stack's name in words ("embedded vLLM")."""
 
     @property
     def traits(self) -> StackTraits: ...
