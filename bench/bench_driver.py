@@ -296,7 +296,7 @@ def markdown(report: dict[str, Any]) -> str:
     if s is None:  # --scale-users 0
         return "\n".join(lines)
     lines += ["", "| scale run | figure |", "|---|---|",
-              f"| users × turns (burst: all users in flight) | {report['scale_users']} × {report['scale_turns']} |",
+              f"| users × turns (burst: all users in flight) | {report['scale_users']} × {report['scale_turns']} |",  # noqa: RUF001  (intentional: the multiplication sign in the markdown table)
               f"| requests / errors | {s['requests']} / {s['errors']} |",
               f"| requests / s | {s['rps']:.0f} |",
               f"| CPU ms / request | {s['cpu_ms_per_req']:.3f} |",

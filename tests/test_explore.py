@@ -210,3 +210,18 @@ def test_short_search_without_faults_finds_nothing(embedded_url: str, tmp_path: 
                                 strategy=scenarios(adapters=(None,)), found_dir=tmp_path / "found"))
     assert not res.found, res.summary()
     assert res.generated >= 3 and res.requests > 0 and "fail" not in res.verdicts
+
+
+def test_the_known_findings_baseline_reaches_every_example_run(tmp_path: Path) -> None:
+    from harness.known import load_known_findings
+
+    baseline = tuple(load_known_findings(Path(__file__).resolve().parents[1] / "known-findings.yaml"))
+    seen: list[object] = []
+    inner = _simulated(lambda s: False)
+
+    def run(scenario: Scenario, target: str, report_dir: Path, **kw: object) -> RunResult:
+        seen.append(kw.get("known_findings"))
+        return inner(scenario, target, report_dir, **kw)
+
+    res = _simulate(tmp_path, run, examples=3, known_findings=baseline)
+    assert seen and all(k == baseline for k in seen) and res.exit_code == 0

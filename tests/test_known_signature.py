@@ -38,7 +38,8 @@ def _absorbed(f: KnownFinding, v: Violation, history: History) -> bool:
 
 
 def test_the_lora_finding_absorbs_its_own_bug() -> None:
-    assert _absorbed(LORA, _transparency("base-own", "outside-reference-top"), _adapter_tenants("base-own", "tiny-llama"))
+    assert _absorbed(LORA, _transparency("base-own", "outside-reference-top"),
+                     _adapter_tenants("base-own", "tiny-llama"))
 
 
 def test_an_adapter_users_violation_is_not_the_lora_finding() -> None:
@@ -49,7 +50,8 @@ def test_an_adapter_users_violation_is_not_the_lora_finding() -> None:
 
 def test_a_near_tie_kind_of_divergence_is_not_the_lora_finding() -> None:
     # A token swapped within the reference's top logprobs (margin too wide) is not this bug's signature.
-    assert not _absorbed(LORA, _transparency("base-own", "reference-margin"), _adapter_tenants("base-own", "tiny-llama"))
+    assert not _absorbed(LORA, _transparency("base-own", "reference-margin"),
+                         _adapter_tenants("base-own", "tiny-llama"))
 
 
 def test_no_known_finding_is_applied_against_a_warm_reference() -> None:

@@ -19,13 +19,24 @@ from harness.verdict import Verdict
 LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
 
 
-def test_library_passes_on_embedded_server(embedded_url: str, tmp_path: Path) -> None:
+def test_library_holds_on_embedded_server(embedded_url: str, tmp_path: Path) -> None:
+    """Every check holds on the embedded server. The run may still be UNKNOWN, for one reason only:
+    a burst hit that only a still-running same-domain request explains while another domain held
+    the same prefix (cache-accounting cannot check it and never excuses it; its count varies with
+    timing)."""
     out = run_isolation(RunConfig(target=embedded_url, scenario_paths=[LIBRARY], report_dir=tmp_path,
                                   known_findings=LIBRARY.parent / "known-findings.yaml"))
     report = json.loads((tmp_path / "report.json").read_text())
     checks = {c["name"]: c for c in report["checks"]}
-    assert out.verdict is Verdict.PASS, json.dumps(report["checks"], indent=1)[:3000]
-    assert report["verdict"] == "pass"
+    undecided = {n for n, c in checks.items() if c["verdict"] != "pass"}
+    assert out.verdict in (Verdict.PASS, Verdict.UNKNOWN), json.dumps(report["checks"], indent=1)[:3000]
+    assert undecided <= {"cache-accounting"}, json.dumps(report["checks"], indent=1)[:3000]
+    if undecided:
+        evidence = checks["cache-accounting"]["evidence"]
+        assert evidence["hits_unchecked"] > 0 and not evidence.get("hits_without_ids"), evidence
+    assert report["verdict"] == out.verdict.value
+    cf = checks["counterfactual-isolation"]["evidence"]
+    assert cf["pairs_observable"] == cf["pairs_present"] > 0 and cf["tokens_compared"] > 0
     assert set(checks) >= {"counterfactual-isolation", "cache-transparency", "canary", "exercised", "requests"}
     assert all(c["exercised"] > 0 for c in checks.values())
     assert report["metadata"]["solo_isolation"] == "salt"
@@ -39,7 +50,8 @@ def test_library_passes_on_embedded_server(embedded_url: str, tmp_path: Path) ->
     assert out.verdict.value == report["verdict"] and out.reasons == report["reasons"]
     assert all(o.ok for o in ops if not o.run.startswith("adversary"))  # hostile input may be refused
     assert any(o.run == "adversary" for o in ops)
-    assert {o.run for o in ops} == {"main", "cf-0", "cf-1", "solo", "adversary", "adversary-alone"}
+    # burst has four tenants: four re-runs make every cross-tenant pair observable
+    assert {o.run for o in ops} == {"main", "cf-0", "cf-1", "cf-2", "cf-3", "solo", "adversary", "adversary-alone"}
     assert "<testsuite" in (tmp_path / "junit.xml").read_text()
 
 

@@ -186,7 +186,7 @@ def _llamacpp_caps() -> Capabilities:
 @pytest.mark.parametrize(("caps", "detect", "code"), [
     # llama.cpp: the cache faults are n/a, the output faults detected, benign controls UNKNOWN for cause
     (_llamacpp_caps, {"swap": "canary", "bleed": "counterfactual-isolation", "inject-context": "canary",
-                      "stale": "cache-transparency", "flip": "cache-transparency"}, 0),
+                      "stale": "cache-transparency", "flip": "cache-transparency", "hostile-5xx": "availability"}, 0),
     # the same, but flip goes undetected: an applicable fault, so exit 1
     (_llamacpp_caps, {"swap": "canary", "bleed": "counterfactual-isolation", "inject-context": "canary",
                       "stale": "cache-transparency"}, 1),

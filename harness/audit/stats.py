@@ -21,7 +21,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from statistics import median
 from typing import Any
 
@@ -155,7 +155,7 @@ COMPARISONS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     """What one look says about sampling on."""
 
     CONTINUE = "continue"

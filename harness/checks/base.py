@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from harness.history.record import History
 from harness.verdict import CheckResult
 
 
-class Need(str, Enum):
+class Need(StrEnum):
     """A capability of the target that a check (or a fault's detection) rests on; each is derived
     from the capability probe (`harness.probe.needs.offered`)."""
 
@@ -42,7 +42,7 @@ _NEED_TEXT = {
 }
 
 
-class Scope(str, Enum):
+class Scope(StrEnum):
     RUN = "run"
     """Runs over every isolation run's history."""
     AUDIT = "audit"

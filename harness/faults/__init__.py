@@ -15,6 +15,7 @@ from harness.faults import phantom_hit  # noqa: F401
 from harness.faults import noise  # noqa: F401
 from harness.faults import delay  # noqa: F401
 from harness.faults import reorder  # noqa: F401
+from harness.faults import hostile_5xx  # noqa: F401
 # isort: on
 from harness.faults.base import REGISTRY, Fault, all_faults, get, register
 

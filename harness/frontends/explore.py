@@ -52,6 +52,7 @@ from harness.frontends.explore_run import (
     target_alive,
     target_url,
 )
+from harness.known import KnownFinding
 from harness.scenario.model import Scenario
 from harness.verdict import Verdict, decide_exploration
 
@@ -90,6 +91,8 @@ class ExploreConfig:
     solo: bool = True
     timeout_s: float = 60.0
     strategy: SearchStrategy[Scenario] | None = None
+    known_findings: tuple[KnownFinding, ...] = ()
+    """The exact-signature baseline `harness run` applies: a known server bug ends no search."""
 
 
 @dataclass
@@ -258,7 +261,8 @@ class _Search:
         run_dir = cfg.report_dir / "current"
         t0 = time.monotonic()
         outcome = run_scenario(scenario, cfg.target, run_dir, fault=cfg.fault, fault_seed=cfg.fault_seed,
-                               counterfactual=cfg.counterfactual, solo=cfg.solo, timeout_s=cfg.timeout_s)
+                               counterfactual=cfg.counterfactual, solo=cfg.solo, timeout_s=cfg.timeout_s,
+                               known_findings=cfg.known_findings)
         stats = stats_of(outcome, time.monotonic() - t0)
         res.examples += 1
         if self.phase in ("confirm", "verify"):

@@ -16,10 +16,13 @@ from rich.console import Console
 
 from harness.client import TargetClient
 from harness.engine import RunOptions
+from harness.faults.stack import FaultedStack
 from harness.frontends.runs import run_and_report, run_files
+from harness.known import KnownFinding
 from harness.result import RunResult
 from harness.scenario.io import dump_scenario
 from harness.scenario.model import Scenario
+from harness.stacks.base import Stack
 from harness.stacks.external import ExternalStack
 from harness.verdict import Verdict
 
@@ -54,17 +57,15 @@ def stats_of(result: RunResult, seconds: float = 0.0) -> ExampleStats:
 
 def run_scenario(scenario: Scenario, target: str, report_dir: Path, *, fault: str | None = None,
                  fault_seed: int = 0, counterfactual: bool = True, solo: bool = True, timeout_s: float = 60.0,
-                 console: Console | None = None) -> RunResult:
-    """Run `scenario` against `target` (through a fresh FaultProxy if `fault`), reports in `report_dir`."""
+                 known_findings: tuple[KnownFinding, ...] = (), console: Console | None = None) -> RunResult:
+    """Run `scenario` against `target` (through a fresh fault proxy if `fault`, its injections in the
+    history), with the exact-signature known-findings baseline `known_findings`; reports in `report_dir`."""
     console = console or Console(stderr=True, quiet=True)
-    with ExitStack() as stack:
-        url = target
-        if fault:
-            from harness.faults.proxy import FaultProxy
-
-            url = stack.enter_context(FaultProxy(target, fault=fault, rate=1.0, seed=fault_seed)).url
-        options = RunOptions(counterfactual=counterfactual, solo=solo, timeout_s=timeout_s)
-        return run_and_report([scenario], ExternalStack(url), options, report_dir, console)
+    stack: Stack = ExternalStack(target)
+    if fault:
+        stack = FaultedStack(stack, fault, rate=1.0, seed=fault_seed)
+    options = RunOptions(counterfactual=counterfactual, solo=solo, timeout_s=timeout_s, known_findings=known_findings)
+    return run_and_report([scenario], stack, options, report_dir, console)
 
 
 @contextmanager

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 from harness.scenario.words import draw_words, word_pool
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
     from harness.testmodel.induction import CircuitSpec
 
 RECIPE_VERSION = 4
@@ -92,7 +94,7 @@ class ModelRecipe:
     @classmethod
     def plain(cls, **kw: object) -> ModelRecipe:
         """The earlier plain random model: no induction circuit, hidden 256, 4 heads of 64."""
-        base = dict(
+        base: dict[str, object] = dict(
             hidden_size=256, num_heads=4, head_dim=64, intermediate_size=512, induction=False, rope_theta=10000.0
         )
         base.update(kw)
@@ -107,7 +109,7 @@ def model_dir_for(recipe: ModelRecipe, cache_dir: Path | None = None) -> Path:
     return (cache_dir or default_cache_dir()) / f"tiny-llama-{recipe.digest()}"
 
 
-def _train_tokenizer(seed: int):
+def _train_tokenizer(seed: int) -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     rng = random.Random(seed)
@@ -132,10 +134,10 @@ def _train_tokenizer(seed: int):
     return tok
 
 
-def _save_tokenizer(tok, out: Path) -> None:
+def _save_tokenizer(tok: Tokenizer, out: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers: untyped __init__
         tokenizer_object=tok,
         bos_token="<|endoftext|>",
         eos_token="<|endoftext|>",
@@ -164,15 +166,16 @@ def _build_weights(
         num_key_value_heads=recipe.num_heads,
         head_dim=recipe.head_dim,
         max_position_embeddings=2048,
-        rope_theta=recipe.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
         bos_token_id=special_ids[0],
         eos_token_id=special_ids[0],
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(recipe.seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    # transformers: LlamaForCausalLM's __init__ is untyped, and `.to` is wrapped with torch's signature
+    model = LlamaForCausalLM(config).to(torch.float32)  # type: ignore[no-untyped-call, arg-type]
     gen = torch.Generator().manual_seed(recipe.seed)
     with torch.no_grad():
         if recipe.induction:
@@ -238,7 +241,9 @@ def build(recipe: ModelRecipe | None = None, cache_dir: Path | None = None, forc
     tmp.mkdir(parents=True)
     tok = _train_tokenizer(recipe.seed)
     _save_tokenizer(tok, tmp)
-    special_ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    special_ids = [i for i in (tok.token_to_id(t) for t in SPECIAL_TOKENS) if i is not None]
+    if len(special_ids) != len(SPECIAL_TOKENS):
+        raise RuntimeError(f"tokenizer lacks one of its special tokens {SPECIAL_TOKENS}")
     word_ids = [tok.encode(" " + w).ids[0] for w in word_pool()]
     _build_weights(recipe, tok.get_vocab_size(), special_ids, word_ids, tmp)
     for i, name in enumerate(ADAPTER_NAMES):

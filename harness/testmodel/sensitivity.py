@@ -176,7 +176,8 @@ class TransformersGenerator:
         torch.set_num_threads(threads)
         self.model_dir = Path(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.models: dict[str, Any] = {BASE_MODEL: LlamaForCausalLM.from_pretrained(self.model_dir).eval()}
+        base = LlamaForCausalLM.from_pretrained(self.model_dir).eval()  # type: ignore[no-untyped-call]  # transformers: untyped eval()
+        self.models: dict[str, Any] = {BASE_MODEL: base}
 
     def _model(self, name: str) -> Any:
         if name not in self.models:

@@ -30,6 +30,9 @@ def _configure_explore(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confirm", type=int, default=1,
                    help="extra runs a first failure must also fail before it is shrunk (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    p.add_argument("--known-findings", type=Path, default=None, metavar="FILE",
+                   help="the exact-signature baseline of acknowledged server bugs, as for `harness run`: a violation "
+                   "matching it is reported apart and ends no search (e.g. known-findings.yaml)")
     p.add_argument("--no-adapters", action="store_true",
                    help="leave LoRA adapters out of generated scenarios (e.g. while a known adapter bug is open)")
     p.add_argument("--no-solo", action="store_true", help="skip the solo (cache transparency) replay")
@@ -72,10 +75,16 @@ def explore_cmd(args: argparse.Namespace) -> int:
     import secrets
 
     from harness.faults import REGISTRY as CATALOG
+    from harness.known import load_known_findings
     from harness.stacks.process import LaunchError
 
     if args.fault and args.fault not in CATALOG:
         console.print(f"error: unknown fault {args.fault!r}; known: {sorted(CATALOG)}")
+        return 2
+    try:
+        known = tuple(load_known_findings(args.known_findings)) if args.known_findings else ()
+    except ValueError as exc:
+        console.print(f"error: {exc}")
         return 2
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     budget = f"{args.time:g} s" if args.time else f"{args.examples or 20} examples"
@@ -88,7 +97,8 @@ def explore_cmd(args: argparse.Namespace) -> int:
                                 fault=args.fault, max_shrink_runs=args.shrink_runs,
                                 max_reduce_runs=args.reduce_runs, confirm=args.confirm, timeout_s=args.timeout,
                                 solo=not args.no_solo, counterfactual=not args.no_counterfactual,
-                                strategy=scenarios(adapters=(None,)) if args.no_adapters else None)
+                                strategy=scenarios(adapters=(None,)) if args.no_adapters else None,
+                                known_findings=known)
             result = explore(cfg, on_example=_print_example(console, [0]))
     except LaunchError as exc:
         console.print(f"error: {exc}")
@@ -113,7 +123,7 @@ def explore_cmd(args: argparse.Namespace) -> int:
         console.print(f"  reproducer: {f.report_dir}/reproducers   replay: harness replay {f.path}")
     if not result.found:
         console.print("[green]no violation found[/]" if result.exit_code == 0 else
-                      "[yellow]no violation found, but no example passed either (UNKNOWN)[/]")
+                      "[yellow]no violation found, but not every example PASSed (UNKNOWN)[/]")
     console.print(f"summary: {args.report_dir / 'explore.json'}")
     return result.exit_code
 
