@@ -25,7 +25,7 @@ from harness.probe.capabilities import Capabilities, Capability
 from harness.result import RunMeta, RunResult
 from harness.stacks.base import Stack
 from harness.stacks.external import ExternalStack
-from harness.verdict import CheckResult, Verdict, decide
+from harness.verdict import CheckResult, Verdict, Violation, decide
 from tests.scripted import serve_app
 
 # --- the example fault: everything a new fault module holds ------------------------------------
@@ -133,10 +133,13 @@ def test_the_proxy_command_and_the_selftest_list_a_registered_fault(
     def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int) -> tuple[RunResult, int]:
         fault = next(f for f in all_faults() if f.name == name)
         ran.append((name, fault.scenarios))
-        verdict = "fail" if fault.kind == "fault" else "pass"
-        checks: list[Any] = [CheckResult(c, Verdict(verdict if c == "cache-transparency" else "pass"))
-                             for c in ("cache-transparency", "canary")]
-        return RunResult(decide(checks), [], History([]), RunMeta(requests=4)), 2
+        # a fault's first detector FAILs with a violation citing the request the proxy changed
+        detector = fault.detectors[0] if fault.kind == "fault" and fault.detectors else None
+        checks: list[Any] = [
+            CheckResult(c, Verdict.FAIL, violations=[Violation(c, "s", "m", ["u"], ["op-1"])]) if c == detector
+            else CheckResult(c, Verdict.PASS) for c in ("cache-transparency", "canary", detector) if c]
+        history = History([FaultInjection(name, 1.0, "op-1")])
+        return RunResult(decide(checks), [], history, RunMeta(requests=4)), 2
 
     monkeypatch.setattr(st, "_probe", probe)
     monkeypatch.setattr(st, "run_fault", run_fault)

@@ -21,7 +21,7 @@ from harness.history.record import FaultInjection, History
 from harness.probe.capabilities import Capabilities, Capability
 from harness.reporters.html import render_selftest_html
 from harness.result import RunMeta, RunResult
-from harness.verdict import CheckResult, Verdict, decide
+from harness.verdict import CheckResult, Verdict, Violation, decide
 
 FAULT_NAMES = [f.name for f in all_faults("fault")]
 BENIGN_NAMES = [f.name for f in all_faults("benign")]
@@ -106,6 +106,19 @@ def test_undetected_applicable_fault_is_bad() -> None:
     assert not j.good and j.applicable and "never injected" in j.reason
 
 
+def test_detected_means_an_own_detector_cites_an_injected_request() -> None:
+    fails = ALL_PASS | {"cache-transparency": "fail"}
+    assert st.judge("flip", fails, "fail", {}, injections=4, cited=["cache-transparency"]).good
+    # a FAIL whose violations name no injected request shows nothing about the fault
+    j = st.judge("flip", fails, "fail", {}, injections=4, cited=[])
+    assert not j.good and "cites an injected request" in j.reason
+    # nothing injected: a FAIL cannot be the fault's doing
+    assert not st.judge("flip", fails, "fail", {}, injections=0, cited=["cache-transparency"]).good
+    # a check that is not one of the fault's detectors does not count
+    other = ALL_PASS | {"requests": "fail"}
+    assert not st.judge("flip", other, "fail", {}, injections=4, cited=["requests"]).good
+
+
 def test_fault_detected_despite_missing_capability_counts_as_detected() -> None:
     j = st.judge("salt-drop", ALL_PASS | {"cache-accounting": "fail"}, "fail", LLAMACPP_LACKS)
     assert j.good and j.applicable and j.verdict == "fail"
@@ -172,7 +185,8 @@ def _fake_run(detect: dict[str, str], benign: dict[str, str]):
         verdicts = dict(benign)
         if name in detect:
             verdicts[detect[name]] = "fail"
-        results = [CheckResult(c, Verdict(v)) for c, v in verdicts.items()]
+        results = [CheckResult(c, Verdict(v), violations=[Violation(c, "s", "m", ["u"], ["op-1"])] * (v == "fail"))
+                   for c, v in verdicts.items()]
         injected = [FaultInjection(name, 1.0, "op-1")] * (3 if name in detect else 0)
         result = RunResult(decide(results), [], History(list(injected)), RunMeta(requests=10))
         return result, sum(isinstance(e, FaultInjection) for e in result.history.events)

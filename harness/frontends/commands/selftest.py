@@ -45,6 +45,7 @@ from harness.reporters.html_selftest import write_selftest_html
 from harness.result import RunResult
 from harness.stacks.external import ExternalStack
 from harness.stacks.vllm import EmbeddedServer, LaunchError
+from harness.verdict import Verdict
 
 LIBRARY = Path(__file__).resolve().parents[3] / "scenarios"
 
@@ -66,11 +67,14 @@ class Judgement:
 
 def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str, str], *,
           audit_checks: Iterable[str] = (), injections: int | None = None, error: str | None = None,
-          skipped: dict[str, str] | None = None) -> Judgement:
+          skipped: dict[str, str] | None = None, cited: Iterable[str] | None = None) -> Judgement:
     """Decide one row from its check verdicts and what the target lacks (need -> why, see `offered`).
 
-    A fault: detected (some check FAILed) is good; undetected with a need the target lacks is n/a
-    (good, not applicable); otherwise bad. A benign control: bad on any FAIL, a run that stopped
+    A fault: detected is good, and detected means injections > 0 (when counted) and one of the
+    fault's own detectors FAILed with a violation that cites an injected request (`cited`: the
+    checks that did; a timing-audit FAIL counts, the audit measures the fault itself; None: not
+    known, every FAIL counts, for rows built by hand). Undetected with a need the target lacks is
+    n/a (good, not applicable); otherwise bad. A benign control: bad on any FAIL, a run that stopped
     early or skipped a scenario, or an UNKNOWN in a check whose needs the target offers (or that
     names no needs); good otherwise. Checks in `audit_checks` (the timing audit) count for FAILs only, as
     they always did: their UNKNOWN says the measurement had no power, not that the run was wrong."""
@@ -78,8 +82,13 @@ def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str
     needs_of = check_needs()
     failed = [c for c, v in checks.items() if v == "fail"]
     if spec.kind == "fault":
-        if failed:
-            return Judgement(True, run_verdict, f"detected by {', '.join(failed)}")
+        showing = set(audit_checks) | set(failed if cited is None else cited)
+        own = [c for c in failed if c in showing and (c in spec.detectors or not spec.detectors)]
+        if own and injections != 0:
+            return Judgement(True, run_verdict, f"detected by {', '.join(own)}")
+        if failed and injections != 0:
+            return Judgement(False, run_verdict, f"{', '.join(failed)} FAILed, but no violation of the fault's own "
+                             f"detectors ({', '.join(spec.detectors)}) cites an injected request")
         missing = [n.value for n in spec.needs if n.value in lacking]
         if missing:
             seers = [d for d in spec.detectors if set(needs_of.get(d, ())) & set(missing)] or list(spec.detectors)
@@ -131,6 +140,13 @@ def _timing_checks(target: str, fault: str, seed: int) -> dict[str, str]:
     with FaultedStack(ExternalStack(target), fault, rate=1.0, seed=seed) as stack:
         result = audit(AuditConfig(target=stack.base_url, policy="salted"))
     return {c.name: c.verdict.value for c in result.checks}
+
+
+def citing_checks(result: RunResult) -> list[str]:
+    """The FAILed checks with a violation that names an operation the fault proxy changed."""
+    injected = {e.op_id for e in result.history.events if isinstance(e, FaultInjection) and e.op_id}
+    return [r.name for r in result.checks
+            if r.verdict is Verdict.FAIL and any(set(v.op_ids) & injected for v in r.violations)]
 
 
 def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int) -> tuple[RunResult, int]:
@@ -206,7 +222,7 @@ def selftest(args: argparse.Namespace) -> int:
                     timing = _timing_checks(target, name, args.seed)
                     checks.update(timing)
             j = judge(name, checks, out.verdict.value, lacking, audit_checks=timing, injections=injected,
-                      error=out.error, skipped=out.skipped or None)
+                      error=out.error, skipped=out.skipped or None, cited=citing_checks(out))
             judgements[name] = j
             needs = [n.value for n in spec.needs]
             rows[name] = {
