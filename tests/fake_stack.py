@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Literal
 from aiohttp import web
 
 from bench.fake_server import MODEL, FakeServer, SpawnedServer, chat_ids, generate, tokenize
-from harness.history.record import Event, Incident
+from harness.history.record import Event
 from harness.stacks.base import StackTraits
-from harness.stacks.process import LaunchError, free_port, history_time
+from harness.stacks.process import LaunchError, free_port, restart_incident
 
 __all__ = ["MODEL", "FakeStack", "chat_ids", "generate", "tokenize"]
 
@@ -109,8 +109,7 @@ class FakeStack:
     def restart(self) -> str:
         self.stop()
         self.restarts += 1
-        self._events.append(Incident(what="restart", at_s=history_time(), caused_by_harness=True,
-                                     message=f"{self.NAME} restarted by the harness (restart {self.restarts})"))
+        self._events.append(restart_incident(self.NAME, self.restarts))
         return self.start()
 
     @property

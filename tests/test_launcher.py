@@ -20,18 +20,7 @@ import pytest
 
 from harness.stacks.vllm import EmbeddedServer, LaunchError, port_in_use
 from harness.testmodel.embedded_model import build
-
-
-def _live_members(pgid: int) -> list[psutil.Process]:
-    """Processes of the group that still run (zombies hold no memory or port, so they do not count)."""
-    live = []
-    for p in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                live.append(p)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return live
+from tests.procs import live_members, wait_for
 
 
 def assert_group_gone(pgid: int, timeout_s: float = 30.0) -> None:
@@ -42,7 +31,7 @@ def assert_group_gone(pgid: int, timeout_s: float = 30.0) -> None:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return
-        live = _live_members(pgid)
+        live = live_members(pgid)
         if not live:
             return
         if time.monotonic() > deadline:
@@ -62,16 +51,6 @@ def assert_quotes_log(message: str, log: Path) -> None:
     assert ":\n" in message, message
     quoted = message.split(":\n", 1)[1]
     assert quoted.strip() and quoted in log.read_text(errors="replace"), "the error must quote the server log"
-
-
-def wait_for(condition: object, timeout_s: float) -> bool:
-    """Poll a zero-argument condition until it holds or the timeout passes."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)  # bounded condition polling, not a fixed delay
-    return True
 
 
 @pytest.fixture

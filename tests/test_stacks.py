@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from harness.history.record import Incident
 from harness.stacks import Stack, make_stack, register, stack_names, unregister
 from harness.stacks.process import LaunchError, OwnedProcess
 from harness.stacks.watchdog import DISARM, group_alive, watch
+from tests.procs import live_members, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,25 +55,8 @@ class TinyStack(OwnedProcess):
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of the group."""
-    out = []
-    for p in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p.pid)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return out
-
-
-def wait_for(condition: object, timeout_s: float) -> bool:
-    """Poll a zero-argument condition until it holds or the timeout passes."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)  # bounded condition polling, not a fixed delay
-    return True
+    """Live (non-zombie) processes of the group, by pid."""
+    return [p.pid for p in live_members(pgid)]
 
 
 @pytest.fixture

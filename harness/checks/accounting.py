@@ -165,18 +165,6 @@ class _PrefixIndex:
         return source is not None and source.user != op.user
 
 
-def _domain_unindexed(domains: dict[tuple[str, str | None], list[Operation]],
-                      loose: dict[tuple[str, str | None], _PrefixIndex], key: tuple[str, str | None],
-                      op: Operation) -> bool:
-    """Could a domain without an index (no hit of its own) have held op's prefix in time? Checked
-    the slow way: such domains are few and so are ambiguous hits."""
-    n = op.cached_tokens or 0
-    prompt = op.prompt_token_ids or []
-    return any(common_prefix_len(prompt, (m.prompt_token_ids or []) + m.output_token_ids) >= n
-               and m.invoke_s < op.complete_s
-               for k, members in domains.items() if k != key and k not in loose for m in members)
-
-
 OUTPUT_ONLY_FIELDS = frozenset({
     "return_token_ids", "return_tokens_as_token_ids", "logprobs", "top_logprobs", "max_tokens", "max_completion_tokens",
     "stream", "stream_options", "temperature", "top_p", "top_k", "seed", "n", "cache_salt", "user"})
@@ -282,12 +270,16 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
             if op.cached_tokens > strict.explained(op, op.invoke_s)[0]:
                 ambiguous.append((key, op))  # only requests still running when op was sent explain it
     # An ambiguous hit hides a cross-domain leak only where another domain held the same prefix in
-    # time; where none did, its only possible sources are its own domain's: checked.
+    # time; where none did, its only possible sources are its own domain's: checked. (Domains
+    # without hits of their own get their index only when an ambiguous hit needs it.)
     for key, op in ambiguous:
-        others = (idx for k, idx in loose.items() if k != key)
-        if any(idx.explained(op)[0] >= (op.cached_tokens or 0) for idx in others) or _domain_unindexed(
-                domains, loose, key, op):
-            unchecked.append(op)
+        for k, members in domains.items():
+            if k == key:
+                continue
+            other = loose.get(k) or loose.setdefault(k, _PrefixIndex(members, block, track_members=False))
+            if other.explained(op)[0] >= (op.cached_tokens or 0):
+                unchecked.append(op)
+                break
     ev["hits"] = result.exercised
     ev["hits_unchecked"] = len(unchecked)
     ev["hits_checked"] = result.exercised - len(unchecked)

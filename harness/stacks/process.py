@@ -64,6 +64,12 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def restart_incident(name: str, restarts: int) -> Incident:
+    """The record of a restart the harness asked for (excluded from attribution: it caused it)."""
+    return Incident(what="restart", at_s=history_time(), caused_by_harness=True,
+                    message=f"{name} restarted by the harness (restart {restarts})")
+
+
 def history_time() -> float:
     """Now, on the clock the driver stamps operations with, so incidents order among them."""
     from harness.driver.driver import now
@@ -125,8 +131,7 @@ class OwnedProcess:
         The log is appended to, not replaced. Recorded as an incident the harness caused."""
         self.stop()
         self.restarts += 1
-        self._events.append(Incident(what="restart", at_s=history_time(), caused_by_harness=True,
-                                     message=f"{self.NAME} restarted by the harness (restart {self.restarts})"))
+        self._events.append(restart_incident(self.NAME, self.restarts))
         return self.start()
 
     @property
