@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-HARNESS := $(VENV)/bin/harness
+HARNESS := $(VENV)/bin/kvbleed
 STAMP := $(VENV)/.setup-done
 PORT ?= 8000
 TARGET ?=
@@ -13,7 +13,7 @@ HARNESS_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup model serve isolation-check test test-fast lint clean llama-cpp browser
+.PHONY: setup model serve isolation-check test test-matrix test-fast lint clean llama-cpp browser selftest-nemesis gateway
 
 setup: $(STAMP) model
 
@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[embedded,test]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -m pip uninstall -y -q harness 2>/dev/null || true  # the distribution's name before it was kvbleed
 	touch $(STAMP)
 
 # Builds the tiny embedded model once (a no-op when the cache already holds this recipe).
@@ -55,15 +56,34 @@ serve: setup
 isolation-check: setup
 	$(HARNESS) run $(if $(TARGET),--target $(TARGET),--known-findings known-findings.yaml) --report-dir $(REPORT_DIR) $(HARNESS_ARGS)
 
+# The fault x nemesis matrix (README, "Nemeses"): every fault and benign control under each nemesis,
+# one embedded server per nemesis. Long (about an hour on 2 cores): outside CI and `make test`.
+NEMESES ?= memory-pressure,cache-reset,adapter-churn,restart
+selftest-nemesis: setup
+	$(HARNESS) selftest --nemesis $(NEMESES) --report-dir reports/selftest-nemesis
+
 # Headless Chromium for the HTML report tests (Debian package `chromium`); a no-op when present.
 browser:
 	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# The authenticating gateway of the deployment tests (tests/test_gateway.py, docs in harness/gateway/):
+# Debian's nginx with its JavaScript module, which checks one key per tenant and sets each
+# tenant's cache_salt in the request body. A no-op when both are present.
+NGINX_JS := /usr/lib/nginx/modules/ngx_http_js_module.so
+gateway:
+	test -x /usr/sbin/nginx -a -f $(NGINX_JS) || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-http-js; }
+
 # The full suite: lint, then every test, including those that start the embedded vLLM server,
 # llama.cpp and Chromium (tests/conftest.py marks them `integration`). What CI runs (.ci/run).
-test: setup browser llama-cpp
+test: setup browser llama-cpp gateway fleet
 	$(MAKE) lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not matrix"
+
+# The long real-server runs kept out of `make test` (marked `matrix`): the crash-triage runs on the
+# embedded server, the adversary and its crash-combo proof, the mutant subset, the fleet smoke run,
+# the noise-calibration runs and the library's adversarial scenario on a server of its own.
+test-matrix: setup browser llama-cpp gateway fleet
+	$(PY) -m pytest -q -ra -m matrix
 
 # The fast lane: tests that need no vLLM, model, llama.cpp or browser (`-m "not integration"`).
 # Its venv holds the `test` extra only: .venv when `make setup` has made it, else its own
@@ -77,6 +97,7 @@ $(FAST_STAMP): pyproject.toml
 	test -x $(FAST_PY) || $(PYTHON) -m venv $(FAST_VENV)
 	$(FAST_PY) -m pip install -q --upgrade pip
 	$(FAST_PY) -m pip install -q -e '.[test]'
+	$(FAST_PY) -m pip uninstall -y -q harness 2>/dev/null || true  # the distribution's name before it was kvbleed
 	touch $@
 
 test-fast: $(FAST_STAMP)
@@ -96,6 +117,26 @@ bench: setup
 	$(PY) -m bench.bench_checks
 	$(PY) -m bench.bench_driver
 	$(PY) -m bench.bench_layers
+
+# The kill matrix (README, "Mutants inside the server"): the embedded vLLM started once per mutant of
+# its own cache, adapter and output code, each mutant's scenarios run on it and on the unmutated
+# baseline. About 40 minutes on a 2-core machine; not part of `make test` (which runs a subset).
+.PHONY: mutants
+mutants: setup
+	$(HARNESS) mutants --report-dir reports/mutants $(HARNESS_ARGS)
+
+# The fleet matrix (README, "A fleet under test"): two embedded vLLM replicas behind vllm-router,
+# the steering probe under cache_aware, kv_aware and round_robin, a replica killed mid-run, and the
+# scenario library through the router. About 25 minutes on 2 cores; not part of `make test` (which
+# runs one fleet scenario, tests/test_fleet_run.py::test_fleet_smoke).
+.PHONY: fleet fleet-matrix
+# The router of the fleet stack (the `fleet` extra); a no-op when it is installed.
+fleet: setup
+	$(PY) -c "import vllm_router" 2>/dev/null || $(PY) -m pip install -q -e '.[fleet]'
+
+fleet-matrix: fleet
+	HARNESS_FLEET_MATRIX=1 $(PY) -m pytest -q -s tests/test_fleet_run.py
+	$(HARNESS) run --stack vllm-fleet --known-findings known-findings.yaml --report-dir reports/fleet $(HARNESS_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache reports .pytest_cache .hypothesis build *.egg-info

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from harness.evidence import assess
 from harness.history.record import History, HistoryWriter, read_history
+from harness.incidents import incident_summary, stopped_at
 from harness.known import KnownFinding, KnownOutcome
 from harness.scenario.model import Scenario
 from harness.verdict import CheckResult, Decision, Verdict, Violation
@@ -72,7 +74,7 @@ class RunMeta:
         return cls(**known, extra=extra)
 
 
-_DERIVED = frozenset({"known_findings", "error", "reproducers", "skipped_scenarios"})
+_DERIVED = frozenset({"known_findings", "error", "reproducers", "skipped_scenarios", "stopped", "incidents"})
 """metadata keys written from RunResult's own fields, not from RunMeta."""
 
 
@@ -150,6 +152,12 @@ class RunResult:
         meta["reproducers"] = list(self.reproducers)
         if self.skipped:
             meta["skipped_scenarios"] = dict(self.skipped)
+        stopped = stopped_at(self.history, self.error)
+        if stopped is not None:
+            meta["stopped"] = stopped  # where the run stopped: scenario, run, op index, reason
+        incidents = incident_summary(self.history)
+        if incidents:
+            meta["incidents"] = incidents  # one entry per loss of service (harness.incidents)
         return meta
 
     def to_json(self) -> dict[str, Any]:
@@ -164,6 +172,7 @@ class RunResult:
                  "evidence": dict(r.evidence)}
                 for r in self.checks
             ],
+            "minimum_evidence": [asdict(row) for row in self.decision.evidence],
             "metadata": self.metadata(),
         }
 
@@ -220,7 +229,7 @@ class RunResult:
         hist = folder / "history.jsonl" if folder else None
         history = History(read_history(hist) if hist is not None and hist.is_file() else [])
         return cls(
-            decision=Decision(verdict, list(data.get("reasons") or []), checks),
+            decision=Decision(verdict, list(data.get("reasons") or []), checks, assess(checks)),
             known=[_known_from_json(k) for k in meta_d.get("known_findings") or []],
             history=history, meta=RunMeta.from_json(meta_d, _DERIVED),
             skipped=dict(meta_d.get("skipped_scenarios") or {}), error=meta_d.get("error"),

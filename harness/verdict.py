@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.evidence import EvidenceRow
 
 
 class Verdict(StrEnum):
@@ -61,6 +64,8 @@ class Decision:
     verdict: Verdict
     reasons: list[str]
     checks: list[CheckResult]
+    evidence: list[EvidenceRow] = field(default_factory=list)
+    """The minimum-evidence table measured on this run (harness.evidence)."""
 
     @property
     def exit_code(self) -> int:
@@ -103,6 +108,7 @@ def decide(results: list[CheckResult], known: Iterable[Violation] = (), *, error
     after rule 1 has adjusted the checks):
 
     1. a check's violations that match known findings are moved out; a FAIL left with none is PASS;
+       a PASS below the minimum evidence for it (harness.evidence) is UNKNOWN;
     2. no check decided (none ran, or every one was N/A)        -> UNKNOWN;
     3. some check FAILed (even if the run stopped early)        -> FAIL;
     4. the run stopped early (`error`)                          -> UNKNOWN;
@@ -110,7 +116,11 @@ def decide(results: list[CheckResult], known: Iterable[Violation] = (), *, error
     6. a scenario was skipped (the target could not run it)     -> UNKNOWN;
     7. otherwise                                                -> PASS.
     """
+    from harness.evidence import assess, enforce  # the table reads CheckResult: imported here, not at the top
+
     checks = without_known(results, known)
+    table = assess(checks)
+    checks = enforce(checks, table)
     deciding = [r for r in checks if r.verdict is not Verdict.NOT_APPLICABLE]
     failed = [r for r in deciding if r.verdict is Verdict.FAIL]
     unknown = [r for r in deciding if r.verdict is Verdict.UNKNOWN]
@@ -131,7 +141,7 @@ def decide(results: list[CheckResult], known: Iterable[Violation] = (), *, error
     else:
         verdict = Verdict.PASS
         reasons.append(f"every check that applied held and was exercised ({len(deciding)} check(s))")
-    return Decision(verdict, reasons, checks)
+    return Decision(verdict, reasons, checks, table)
 
 
 def decide_exploration(found: int, aborted: str | None, verdicts: dict[str, int]) -> Decision:

@@ -44,9 +44,12 @@ INTEGRATION_TESTS: dict[str, str] = {
     "test_llamacpp.py::test_bad_gguf_gives_launch_error_with_log": "starts llama.cpp",
     "test_llamacpp.py::test_serve_stack_llama_cpp_stops_on_sigterm": "starts llama.cpp through `harness serve`",
     "test_llamacpp_restart.py::test_launched_llamacpp_gets_a_fresh_process_per_solo_request": "starts llama.cpp",
+    "test_fleet_run.py::test_fleet_smoke": "starts two vLLM replicas and vllm-router",
+    "test_fleet_run.py::test_steering_per_policy": "starts two vLLM replicas and vllm-router",
+    "test_fleet_run.py::test_replica_killed_mid_run": "starts two vLLM replicas and vllm-router",
 }
 
-IMPLIES_INTEGRATION = ("browser", "llamacpp")
+IMPLIES_INTEGRATION = ("browser", "llamacpp", "matrix")
 """Markers whose tests need a tool that the fast lane does not install."""
 
 _HEAVY_MODULES = frozenset({"torch", "transformers", "vllm", "llama_cpp", "safetensors", "tokenizers", "peft"})

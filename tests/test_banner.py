@@ -20,7 +20,7 @@ def _result(known_violations: int) -> RunResult:
     absorbed = [Violation("cache-transparency", "s", f"changed {i}", ["a"], ["main/s/a/0"])
                 for i in range(known_violations)]
     checks = [CheckResult("cache-transparency", Verdict.FAIL if absorbed else Verdict.PASS, exercised=3,
-                          violations=list(absorbed))]
+                          violations=list(absorbed), evidence={"tokens_compared": 12})]
     return RunResult(decision=decide(checks, absorbed), known=[KnownOutcome(finding, absorbed)],
                      history=history(info("main", {"a": 0}), op("main", "a", [1, 2])),
                      meta=RunMeta(harness_version="t", target="http://x", stack="external server", policy="p",

@@ -14,6 +14,7 @@ from harness.frontends.cli import main
 from harness.frontends.commands import run as run_cmd
 from harness.frontends.config import RUN_DEFAULTS, ConfigError, FileConfig, find_config, load_config, merge
 from harness.frontends.runs import RunConfig
+from harness.scenario.library import library_path
 from harness.verdict import Verdict
 
 
@@ -38,6 +39,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[RunConfig]:
 @pytest.fixture
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
+    for var in ("HARNESS_TARGET", "HARNESS_POLICY", "HARNESS_REPORT_DIR", "HARNESS_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
     return tmp_path
 
 
@@ -57,9 +60,10 @@ no-counterfactual = false
 
 def test_defaults_unchanged_without_a_file(here: Path, captured: list[RunConfig]) -> None:
     assert main(["run"]) == 0
-    assert captured == [RunConfig()]
     cfg = captured[0]
-    assert cfg.target is None and cfg.scenario_paths == [Path("scenarios")] and cfg.report_dir == Path("reports/latest")
+    assert captured == [RunConfig()]
+    assert cfg.connection is not None and not cfg.connection.tenants and not cfg.connection.allow_disruptive
+    assert cfg.target is None and cfg.scenario_paths == [library_path()] and cfg.report_dir == Path("reports/latest")
     assert cfg.tolerance == DEFAULT_TOLERANCE and cfg.policy == "shared-prefix" and cfg.timeout_s == 60.0
     assert cfg.solo and cfg.counterfactual and cfg.known_findings is None and cfg.seed is None
 
@@ -177,14 +181,15 @@ def test_merge_order() -> None:
     out = merge({"policy": None, "timeout": 9.0}, file)
     assert out["policy"] == "salted" and out["timeout"] == 9.0 and out["report_dir"] == RUN_DEFAULTS["report_dir"]
     out["scenario"].append(Path("x"))
-    assert RUN_DEFAULTS["scenario"] == [Path("scenarios")]  # defaults are copied, never shared
+    assert RUN_DEFAULTS["scenario"] == [library_path()]  # defaults are copied, never shared
 
 
 def test_every_key_mirrors_a_flag_of_harness_run() -> None:
     from harness.frontends.cli import build_parser
-    from harness.frontends.config import KEYS
+    from harness.frontends.config import CONNECTION_KEYS, KEYS
 
     sub = next(a for a in build_parser()._subparsers._group_actions)  # type: ignore[union-attr]
     flags = {o.lstrip("-") for a in sub.choices["run"]._actions for o in a.option_strings if o.startswith("--")}
-    assert set(KEYS) == flags - {"help", "config"}
-    assert {dest for dest, _ in KEYS.values()} == set(RUN_DEFAULTS)
+    file_only = {"api-key-env", "headers", "tenants"}  # a file names variables; the flags are --api-key, --header
+    assert set(KEYS) - file_only == flags - {"help", "config", "header"}
+    assert {dest for key, (dest, _) in KEYS.items() if key not in CONNECTION_KEYS} == set(RUN_DEFAULTS)

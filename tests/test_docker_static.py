@@ -152,7 +152,7 @@ def test_harness_image_runs_the_makefile_install_without_the_embedded_extra() ->
 def test_harness_image_entrypoint() -> None:
     steps = dockerfile(DOCKER / "Dockerfile")
     assert steps[0] == ("FROM", "python:3.11-slim")
-    assert ("ENTRYPOINT", '["harness"]') in steps
+    assert ("ENTRYPOINT", '["kvbleed"]') in steps
     assert ("WORKDIR", "/app") in steps  # so the default scenarios/ and known-findings.yaml resolve
 
 
@@ -165,7 +165,7 @@ def test_cpu_image_runs_make_setup_and_serves_on_all_interfaces() -> None:
     assert {"make", "g++", "libnuma1"} <= set(apt.split())
     cmd = next(args for kw, args in steps if kw == "CMD")
     argv = yaml.safe_load(cmd)  # a JSON array
-    assert argv[:2] == [".venv/bin/harness", "serve"] and argv[argv.index("--port") + 1] == "8000"
+    assert argv[:2] == [".venv/bin/kvbleed", "serve"] and argv[argv.index("--port") + 1] == "8000"
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
 
 

@@ -87,8 +87,8 @@ def test_run_in_memory_passes_and_records_everything(fake: SpawnedServer) -> Non
     assert result.exit_code == 0 and result.error is None and result.report_dir is None
     assert isinstance(result.history.records[0], HistoryHeader)
     runs = {o.run for o in result.history.ops}
-    assert runs == {"main", "cf-0", "cf-1", "solo"}
-    assert {o.role for o in result.history.ops} == {Role.MAIN, Role.COUNTERFACTUAL, Role.SOLO}
+    assert runs == {"main", "aa-1", "cf-0", "cf-1", "solo"}  # one A/A repeat: identical, so it stops
+    assert {o.role for o in result.history.ops} == {Role.MAIN, Role.CALIBRATION, Role.COUNTERFACTUAL, Role.SOLO}
     assert result.meta.seeds == {"strict-prefix": 5} and result.scenarios[0].seed == 5
     assert result.meta.requests == len(result.history.ops) and result.meta.solo_isolation == "salt"
     assert result.check("counterfactual-isolation") and result.check("counterfactual-isolation").exercised > 0

@@ -26,6 +26,7 @@ from harness.result import RunMeta, RunResult
 from harness.stacks.base import Stack
 from harness.stacks.external import ExternalStack
 from harness.verdict import CheckResult, Verdict, Violation, decide
+from tests.factories import ample_evidence
 from tests.scripted import serve_app
 
 # --- the example fault: everything a new fault module holds ------------------------------------
@@ -130,14 +131,18 @@ def test_the_proxy_command_and_the_selftest_list_a_registered_fault(
 
     ran: list[tuple[str, tuple[str, ...]]] = []
 
-    def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int) -> tuple[RunResult, int]:
+    def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int,
+                  files: list[str] | None = None, **_: object) -> tuple[RunResult, int]:
         fault = next(f for f in all_faults() if f.name == name)
         ran.append((name, fault.scenarios))
-        # a fault's first detector FAILs with a violation citing the request the proxy changed
-        detector = fault.detectors[0] if fault.kind == "fault" and fault.detectors else None
+        # a fault's first detector FAILs with a violation citing the request the proxy changed; a
+        # blinding fault's detector cannot decide
+        detector = fault.detectors[0] if fault.kind != "benign" and fault.detectors else None
+        bad = Verdict.UNKNOWN if fault.kind == "blind" else Verdict.FAIL
         checks: list[Any] = [
-            CheckResult(c, Verdict.FAIL, violations=[Violation(c, "s", "m", ["u"], ["op-1"])]) if c == detector
-            else CheckResult(c, Verdict.PASS) for c in ("cache-transparency", "canary", detector) if c]
+            CheckResult(c, bad, violations=[Violation(c, "s", "m", ["u"], ["op-1"])] * (bad is Verdict.FAIL))
+            if c == detector else CheckResult(c, Verdict.PASS, exercised=4, evidence=ample_evidence(c))
+            for c in ("cache-transparency", "canary", detector) if c]
         history = History([FaultInjection(name, 1.0, "op-1")])
         return RunResult(decide(checks), [], history, RunMeta(requests=4)), 2
 

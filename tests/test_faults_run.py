@@ -70,3 +70,16 @@ def test_noise_below_tolerance_does_not_fail(embedded_url: str, tmp_path: Path) 
 def test_transparent_proxy_passes(embedded_url: str, tmp_path: Path) -> None:
     out, _report, injected = _run_through(None, embedded_url, tmp_path, ["multi-turn.yaml"])
     assert injected == 0 and out.verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize(("fault", "blinded"), [("hide-hits", "exercised"), ("flaky", "requests")])
+def test_blinding_fault_makes_the_run_unknown_never_pass(fault: str, blinded: str, embedded_url: str,
+                                                         tmp_path: Path) -> None:
+    """Fail closed: a stack that hides cache reuse, or fails requests for no tenant's reason, leaves
+    the run without what it claims: UNKNOWN, with the blinded check saying so (never PASS, never FAIL)."""
+    out, report, injected = _run_through(fault, embedded_url, tmp_path, ["shared-system-prompt.yaml"])
+    assert injected > 0, f"the proxy never injected {fault}"
+    verdicts = {c["name"]: c["verdict"] for c in report["checks"]}
+    assert out.verdict is Verdict.UNKNOWN and out.exit_code == 2, verdicts
+    assert verdicts[blinded] == "unknown", verdicts
+    assert not _failed_checks(report), verdicts

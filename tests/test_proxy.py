@@ -537,5 +537,5 @@ def test_cli_lists_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
     for spec in all_faults():
         assert spec.name in out
     assert "benign" in out and "fault" in out
-    assert {f.name for f in all_faults("benign")} == {"noise", "delay", "reorder"}
+    assert {f.name for f in all_faults("benign")} == {"noise", "drift", "delay", "reorder"}
     assert cli_main(["proxy"]) == 2

@@ -20,15 +20,18 @@ LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
 
 
 def test_library_holds_on_embedded_server(embedded_url: str, tmp_path: Path) -> None:
-    """Every check holds on the embedded server. The run may still be UNKNOWN, for one reason only:
-    a burst hit that only a still-running same-domain request explains while another domain held
-    the same prefix (cache-accounting cannot check it and never excuses it; its count varies with
-    timing)."""
-    out = run_isolation(RunConfig(target=embedded_url, scenario_paths=[LIBRARY], report_dir=tmp_path,
+    """Every check holds on the embedded server, over the whole library but the adversarial
+    scenario, whose prompt_logprobs groups crash this server (findings/
+    vllm-cpu-prompt-logprobs-lora-crash.md; run on a server of its own in
+    `test_adversarial_scenario_is_never_pass_on_embedded_server`). The run may still be UNKNOWN for
+    one reason only: a burst hit that only a still-running same-domain request explains while another
+    domain held the same prefix (cache-accounting cannot check it and never excuses it)."""
+    files = [f for f in sorted(LIBRARY.glob("*.yaml")) if f.name != "adversarial-tenant.yaml"]
+    out = run_isolation(RunConfig(target=embedded_url, scenario_paths=files, report_dir=tmp_path,
                                   known_findings=LIBRARY.parent / "known-findings.yaml"))
     report = json.loads((tmp_path / "report.json").read_text())
     checks = {c["name"]: c for c in report["checks"]}
-    undecided = {n for n, c in checks.items() if c["verdict"] != "pass"}
+    undecided = {n for n, c in checks.items() if c["verdict"] not in ("pass", "n/a")}
     assert out.verdict in (Verdict.PASS, Verdict.UNKNOWN), json.dumps(report["checks"], indent=1)[:3000]
     assert undecided <= {"cache-accounting"}, json.dumps(report["checks"], indent=1)[:3000]
     if undecided:
@@ -38,7 +41,7 @@ def test_library_holds_on_embedded_server(embedded_url: str, tmp_path: Path) -> 
     cf = checks["counterfactual-isolation"]["evidence"]
     assert cf["pairs_observable"] == cf["pairs_present"] > 0 and cf["tokens_compared"] > 0
     assert set(checks) >= {"counterfactual-isolation", "cache-transparency", "canary", "exercised", "requests"}
-    assert all(c["exercised"] > 0 for c in checks.values())
+    assert all(c["exercised"] > 0 for c in checks.values() if c["verdict"] != "n/a")
     assert report["metadata"]["solo_isolation"] == "salt"
     assert report["metadata"]["server_version"]
     # every scenario that shares a prefix showed cross-user cache reuse
@@ -48,11 +51,28 @@ def test_library_holds_on_embedded_server(embedded_url: str, tmp_path: Path) -> 
     ops = [r for r in history if isinstance(r, Operation)]
     assert len(ops) == report["metadata"]["requests"] == len(out.history.ops)  # streamed = in memory
     assert out.verdict.value == report["verdict"] and out.reasons == report["reasons"]
-    assert all(o.ok for o in ops if not o.run.startswith("adversary"))  # hostile input may be refused
-    assert any(o.run == "adversary" for o in ops)
+    assert all(o.ok for o in ops)
     # burst has four tenants: four re-runs make every cross-tenant pair observable
-    assert {o.run for o in ops} == {"main", "cf-0", "cf-1", "cf-2", "cf-3", "solo", "adversary", "adversary-alone"}
+    assert {"main", "cf-0", "cf-1", "cf-2", "cf-3", "solo"} <= {o.run for o in ops}
     assert "<testsuite" in (tmp_path / "junit.xml").read_text()
+
+
+@pytest.mark.matrix
+def test_adversarial_scenario_is_never_pass_on_embedded_server(tmp_path: Path) -> None:
+    """On a server of its own (the harness owns it, restarts it and replays the requests in flight),
+    the adversarial scenario reproduces the prompt_logprobs crash as one availability FAIL naming a
+    group that holds a prompt_logprobs request, or, when the replays do not reproduce it, ends
+    UNKNOWN with the incident in the report: never PASS."""
+    code = main(["run", "--scenario", str(LIBRARY / "adversarial-tenant.yaml"), "--report-dir", str(tmp_path),
+                 "--known-findings", str(LIBRARY.parent / "known-findings.yaml")])
+    report = json.loads((tmp_path / "report.json").read_text())
+    availability = next(c for c in report["checks"] if c["name"] == "availability")
+    assert code in (1, 2), report["reasons"]
+    if code == 1:
+        assert availability["verdict"] == "fail", report["reasons"]
+        assert any("prompt_logprobs" in json.dumps(v) for v in availability["violations"]), availability
+    else:
+        assert availability["verdict"] == "unknown" and report["metadata"].get("incidents"), report["reasons"]
 
 
 def test_bad_scenario_exits_2_with_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

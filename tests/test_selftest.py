@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.checks.base import Need
-from harness.faults import all_faults
+from harness.faults import all_faults, get
 from harness.frontends.cli import main as cli_main
 from harness.frontends.commands import selftest as st
 from harness.history.record import FaultInjection, History
@@ -22,9 +22,11 @@ from harness.probe.capabilities import Capabilities, Capability
 from harness.reporters.html import render_selftest_html
 from harness.result import RunMeta, RunResult
 from harness.verdict import CheckResult, Verdict, Violation, decide
+from tests.factories import ample_evidence
 
 FAULT_NAMES = [f.name for f in all_faults("fault")]
 BENIGN_NAMES = [f.name for f in all_faults("benign")]
+BLIND_NAMES = [f.name for f in all_faults("blind")]
 
 # What the probe finds on llama-cpp-python 0.3.36 (docs/llamacpp.md) and on the embedded vLLM.
 NO_COUNTS = "the target reports no cached-token counts"
@@ -60,7 +62,7 @@ def test_fault_specs_name_registered_checks_and_library_scenarios() -> None:
     for spec in all_faults():
         assert all(isinstance(n, Need) for n in spec.needs), spec.name
         assert set(spec.detectors) <= set(checks), spec.name
-        assert (spec.kind == "fault") == bool(spec.detectors), spec.name
+        assert (spec.kind != "benign") == bool(spec.detectors), spec.name
         assert spec.scenarios and set(spec.scenarios) <= library, spec.name
         assert spec.description.startswith(spec.changes), spec.name
     assert {"timing-side-channel", "cached-tokens-side-channel"} <= set(checks)
@@ -181,13 +183,18 @@ def test_overall_ok() -> None:
 
 def _fake_run(detect: dict[str, str], benign: dict[str, str]):
     """A stand-in for run_fault: faults in `detect` FAIL that check; other runs get `benign`."""
-    def run(name: str, target: str, scenarios: Path, out_dir: Path, seed: int) -> tuple[RunResult, int]:
+    def run(name: str, target: str, scenarios: Path, out_dir: Path, seed: int,
+            files: list[str] | None = None, **_: object) -> tuple[RunResult, int]:
         verdicts = dict(benign)
+        blind = name in BLIND_NAMES
         if name in detect:
             verdicts[detect[name]] = "fail"
-        results = [CheckResult(c, Verdict(v), violations=[Violation(c, "s", "m", ["u"], ["op-1"])] * (v == "fail"))
+        if blind:  # a blinding fault hides what its detector needs: that check cannot decide
+            verdicts[get(name).detectors[0]] = "unknown"
+        results = [CheckResult(c, Verdict(v), exercised=4, evidence=ample_evidence(c),
+                               violations=[Violation(c, "s", "m", ["u"], ["op-1"])] * (v == "fail"))
                    for c, v in verdicts.items()]
-        injected = [FaultInjection(name, 1.0, "op-1")] * (3 if name in detect else 0)
+        injected = [FaultInjection(name, 1.0, "op-1")] * (3 if name in detect or blind else 0)
         result = RunResult(decide(results), [], History(list(injected)), RunMeta(requests=10))
         return result, sum(isinstance(e, FaultInjection) for e in result.history.events)
     return run
@@ -200,7 +207,9 @@ def _llamacpp_caps() -> Capabilities:
 @pytest.mark.parametrize(("caps", "detect", "code"), [
     # llama.cpp: the cache faults are n/a, the output faults detected, benign controls UNKNOWN for cause
     (_llamacpp_caps, {"swap": "canary", "bleed": "counterfactual-isolation", "inject-context": "canary",
-                      "stale": "cache-transparency", "flip": "cache-transparency", "hostile-5xx": "availability"}, 0),
+                      "stale": "cache-transparency", "flip": "cache-transparency", "hostile-5xx": "availability",
+                      "crash-combo": "availability", "poison-request": "availability", "victim-5xx": "availability",
+                      "victim-hang": "availability"}, 0),
     # the same, but flip goes undetected: an applicable fault, so exit 1
     (_llamacpp_caps, {"swap": "canary", "bleed": "counterfactual-isolation", "inject-context": "canary",
                       "stale": "cache-transparency"}, 1),
@@ -217,7 +226,8 @@ def test_selftest_command(caps, detect: dict[str, str], code: int, tmp_path: Pat
     rc = cli_main(["selftest", "--target", "http://127.0.0.1:9", "--report-dir", str(tmp_path), "--no-timing"])
     assert rc == code
     data = json.loads((tmp_path / "selftest.json").read_text())
-    assert data["ok"] is (code == 0) and set(data["faults"]) == set(FAULT_NAMES) | set(BENIGN_NAMES)
+    assert data["ok"] is (code == 0)
+    assert set(data["faults"]) == set(FAULT_NAMES) | set(BENIGN_NAMES) | set(BLIND_NAMES)
     err = capsys.readouterr().err
     assert "reason" in err
     if caps is _llamacpp_caps:

@@ -7,6 +7,7 @@ from harness.checks import (  # noqa: F401
     counters,
     exercised,
     isolation,
+    nemesis,
     requests,
     side_channels,
 )

@@ -21,7 +21,8 @@ from math import gcd
 
 from harness.checks.base import CheckContext, Need, check
 from harness.checks.exercised import common_prefix_len
-from harness.history.record import History, Operation, Role
+from harness.history.record import History, Operation, ReplicaAttribution, Role
+from harness.nemesis.epochs import AdapterEpochs, alive_since, clearings
 from harness.verdict import CheckResult, Verdict, Violation
 
 
@@ -214,6 +215,35 @@ def reached(m: Operation, end: int) -> float:
 _NEVER = float("inf")
 
 
+def _nemesis_note(domain: str, model: str, cut: float) -> str:
+    """What the nemesis removed from the explanations of a hit, in words ("" when nothing)."""
+    notes = []
+    if cut != float("-inf"):
+        notes.append(f"counting only requests still running when the cache was last cleared (at {cut:.3f} s)")
+    if domain != model and "@" in domain:
+        notes.append(f"and only requests sent while {model!r} held the same weights ({domain.rpartition('@')[2]})")
+    return (" " + " ".join(notes)) if notes else ""
+
+
+def replicas_of(history: History) -> dict[str, str] | None:
+    """Op id -> the replica of a fleet that served it, from the history's `ReplicaAttribution`
+    records; None when the history has none (a single server). Ops that reached several replicas
+    (a router retry) are left out: their replica is not established."""
+    records = [e for e in history.events if isinstance(e, ReplicaAttribution)]
+    if not records:
+        return None
+    served: dict[str, str] = {}
+    ambiguous: set[str] = set()
+    for rec in records:
+        ambiguous.update(rec.ambiguous)
+        for op_id, replica in rec.served.items():
+            if served.setdefault(op_id, replica) != replica:
+                ambiguous.add(op_id)
+    for op_id in ambiguous:
+        served.pop(op_id, None)
+    return served
+
+
 @check("cache-accounting", "every cached-token count is explained by a same-domain (model, salt) shared prefix",
        needs=(Need.CACHED_TOKENS,))
 def accounting(history: History, ctx: CheckContext) -> CheckResult:
@@ -236,22 +266,64 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
     result.notes.append(f"block size inferred from cached counts: {block}")
     # Failed requests may have filled the cache before failing: they explain hits (never observably).
     sources = [o for o in everything if o.prompt_token_ids is not None]
+    # Under a nemesis (docs/design.md, "Cache accounting (black-box)"): an adapter name loaded with other weights
+    # is a new domain, and after a cache reset or restart only requests alive since then explain a hit.
+    epochs = AdapterEpochs(history.events)
+    cleared = clearings(history.events)
+    if epochs or cleared:
+        ev["adapter_weight_changes"] = sum(max(0, len(set(w)) - 1) for w in epochs.weights.values())
+        ev["cache_clearings"] = len(cleared)
+
+    # In a fleet a replica's cache holds only what that replica served: a hit is explained only by
+    # its own domain's requests on the same replica. A request whose replica is not established may
+    # have been served by any of them: it joins every replica's domain, and the check cannot PASS.
+    fleet = replicas_of(history)
+    names = sorted(set(fleet.values())) if fleet is not None else []
+    unplaced = [o for o in sources if fleet is not None and o.op_id not in fleet]
+    if fleet is not None:
+        ev["replicas"] = len(names)
+        ev["ops_without_replica"] = len(unplaced)
+        result.notes.append(f"fleet: a hit is explained only by its domain's requests on the same replica "
+                            f"({len(names)} replica(s) served; replica per request from the replicas' ledgers)")
+
+    def domain_of(o: Operation, replica: str | None = None) -> tuple[str, str | None]:
+        model = domain_model(o)
+        weights = epochs.weights_at(model, o.invoke_s) if epochs else None
+        model = f"{model}@{weights}" if weights else model
+        replica = replica or (fleet.get(o.op_id) if fleet is not None else None)
+        return (f"{model} on replica {replica}" if replica else model), o.cache_salt
+
     domains: dict[tuple[str, str | None], list[Operation]] = {}
     for o in sources:
-        domains.setdefault((domain_model(o), o.cache_salt), []).append(o)
-    salted_control = {(domain_model(o), o.cache_salt): False for o in ops if o.cache_salt and o.role is not Role.SOLO}
+        if fleet is None or o.op_id in fleet:
+            domains.setdefault(domain_of(o), []).append(o)
+        else:
+            for name in names:
+                domains.setdefault(domain_of(o, name), []).append(o)
+    salted_control = {domain_of(o): False for o in ops if o.cache_salt and o.role is not Role.SOLO}
     unchecked: list[Operation] = []
     loose: dict[tuple[str, str | None], _PrefixIndex] = {}
     ambiguous: list[tuple[tuple[str, str | None], Operation]] = []
     for key, members in domains.items():
         if not any(m.cached_tokens and m.ok for m in members):
             continue
-        index = loose[key] = _PrefixIndex(members, block, track_members=key in salted_control)
-        strict: _PrefixIndex | None = None
+        full = loose[key] = _PrefixIndex(members, block, track_members=key in salted_control)
+        since: dict[float, tuple[_PrefixIndex, list[Operation]]] = {}
+        stricts: dict[float, _PrefixIndex] = {}
         for op in members:
             if not (op.ok and op.cached_tokens):
                 continue
+            if fleet is not None and op.op_id not in fleet:
+                continue  # a hit whose replica is not established: counted once below, never excused
             result.exercised += 1
+            cut = alive_since(cleared, op.invoke_s) if cleared else float("-inf")
+            if cut == float("-inf"):
+                index, alive = full, members
+            else:  # only members still alive when the last clearing before op began
+                if cut not in since:
+                    kept = [m for m in members if m.complete_s >= cut]
+                    since[cut] = _PrefixIndex(kept, block, track_members=key in salted_control), kept
+                index, alive = since[cut]
             allowed, node = index.explained(op)
             if (key in salted_control and not salted_control[key] and allowed > 0
                     and index.source_user_differs(op, node, allowed)):
@@ -261,12 +333,15 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
                     check="cache-accounting", scenario=op.scenario, users=[op.user], op_ids=[op.op_id],
                     message=(f"{op.op_id}: {op.cached_tokens} cached tokens, but the longest prefix shared with any "
                              f"request of its domain (model {op.model!r}, salt {op.cache_salt!r}) explains only "
-                             f"{allowed}"),
+                             f"{allowed}" + _nemesis_note(key[0], op.model, cut)),
                     details={"cached_tokens": op.cached_tokens, "explained": allowed, "block_size": block,
-                             "model": op.model, "cache_salt": op.cache_salt},
+                             "model": op.model, "cache_salt": op.cache_salt,
+                             **({"domain": key[0]} if key[0] != domain_model(op) else {}),
+                             **({"alive_since_s": cut} if cut != float("-inf") else {})},
                 ))
                 continue
-            strict = strict or _PrefixIndex(members, block, track_members=False, when=reached)
+            strict = stricts.get(cut) or stricts.setdefault(
+                cut, _PrefixIndex(alive, block, track_members=False, when=reached))
             if op.cached_tokens > strict.explained(op, op.invoke_s)[0]:
                 ambiguous.append((key, op))  # only requests still running when op was sent explain it
     # An ambiguous hit hides a cross-domain leak only where another domain held the same prefix in
@@ -280,6 +355,12 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
             if other.explained(op)[0] >= (op.cached_tokens or 0):
                 unchecked.append(op)
                 break
+    blind_replica = [o for o in ops if o.cached_tokens and fleet is not None and o.op_id not in fleet]
+    if blind_replica:
+        result.exercised += len(blind_replica)
+        unchecked += blind_replica
+        result.notes.append(f"{len(blind_replica)} hit(s) with no established replica (first: "
+                            f"{blind_replica[0].op_id}): not checked, never explained fleet-wide")
     ev["hits"] = result.exercised
     ev["hits_unchecked"] = len(unchecked)
     ev["hits_checked"] = result.exercised - len(unchecked)
@@ -300,6 +381,10 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
             return result
     if blind or unchecked:
         return result  # UNKNOWN: hits that could not be checked were not shown to be explained
+    if unplaced:
+        result.notes.append(f"{len(unplaced)} request(s) with no established replica (first: {unplaced[0].op_id}) "
+                            "may have filled any replica's cache: the hits are not shown explained per replica")
+        return result
     result.verdict = Verdict.PASS if result.exercised else Verdict.UNKNOWN
     if not result.exercised:
         result.notes.append("no cache hit was observed")

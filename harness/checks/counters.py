@@ -14,7 +14,7 @@ The "after" snapshot is taken once the counters have settled (harness.driver.cam
 from __future__ import annotations
 
 from harness.checks.base import CheckContext, Need, check
-from harness.history.record import History, Incident, Operation
+from harness.history.record import History, Incident, Operation, ReplicaAttribution
 from harness.verdict import CheckResult, Verdict, Violation
 
 
@@ -30,6 +30,12 @@ def counters(history: History, ctx: CheckContext) -> CheckResult:
         result.verdict = Verdict.NOT_APPLICABLE
         result.notes.append("the target exposes no prefix-cache counters")
         return result
+    if any(isinstance(e, ReplicaAttribution) for e in history.events):
+        # vllm-router answers /metrics with one replica's counters, not the fleet's sum (stacks.fleet).
+        result.verdict = Verdict.NOT_APPLICABLE
+        result.notes.append("a fleet: the router's /metrics are one replica's counters, not the fleet's; "
+                            "no cross-check (cache-accounting still decides, per replica)")
+        return result
     ops = [o for o in history.ops if before.at_s <= o.invoke_s and o.complete_s <= after.at_s]
     if any(o.cached_tokens is None for o in ops if o.ok):
         result.notes.append("some requests reported no cached-token count")
@@ -43,6 +49,10 @@ def counters(history: History, ctx: CheckContext) -> CheckResult:
     header = history.header
     owned = bool(header is not None and header.stack_owned)
     restarted = any(isinstance(e, Incident) for e in history.events)
+    if restarted and counted < reported - 0.5:  # the counters started again from zero mid-run
+        result.verdict = Verdict.NOT_APPLICABLE
+        result.notes.append("a restart reset the counters; no cross-check possible")
+        return result
     if counted > reported + (unreportable or 0) + 0.5:
         if owned and not restarted and unreportable is not None:
             result.violations.append(Violation(

@@ -84,8 +84,10 @@ def exercised(history: History, ctx: CheckContext) -> CheckResult:
         if scenario in required:
             result.notes.append(f"{scenario}: {hits} request(s) reused cache across users")
             if hits == 0:
+                result.evidence["scenarios_without_reuse"] = result.evidence.get("scenarios_without_reuse", 0) + 1
                 result.verdict = Verdict.UNKNOWN
                 result.notes.append(f"{scenario}: shares prefixes but no cross-user cache hit was observed")
+    result.evidence["scenarios_requiring_reuse"] = len(required)
     if not required:
         result.notes.append("no scenario required cross-user cache reuse")
     return result

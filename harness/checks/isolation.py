@@ -6,6 +6,10 @@
   tokens as in the busy run.
 A conversation is compared turn by turn up to its first divergence; later turns have different
 prompts and are not comparable. Near-tie drift is counted apart from violations.
+
+Both are judged against the target's own noise, measured by its A/A runs (docs/design.md,
+"Comparing two generations"): the near-tie bound comes from the noise profile, and on a target that
+showed noise the counterfactual divergence rate must not exceed the A/A rate by more than chance.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from harness.verdict import CheckResult, Verdict, Violation
 
 def _compare_conversations(
     name: str, scenario: str, ref_run: str, ref_ops: list[Operation], obs_run: str, obs_ops: list[Operation],
-    users: set[str], ctx: CheckContext, result: CheckResult,
+    users: set[str], tolerance: float, result: CheckResult, diverged: list[list[str]] | None = None,
 ) -> set[str]:
-    """Compare each user's conversation turn by turn up to its first divergence; returns the users
-    whose first turn was compared (so a change in their tokens would have been seen)."""
+    """Compare each user's conversation turn by turn up to its first divergence (near-tie bound
+    `tolerance`); returns the users whose first turn was compared (so a change in their tokens
+    would have been seen). Counts conversations compared and diverged; appends the two requests of
+    each near-tie divergence to `diverged`."""
     ref = History.conversations(ref_ops)
     obs = History.conversations(obs_ops)
     seen: set[str] = set()
@@ -34,19 +40,24 @@ def _compare_conversations(
             if not (r.ok and o.ok):
                 result.notes.append(f"{scenario}/{user} turn {r.turn}: not compared (a request failed)")
                 break
-            cmp = compare_tokens(r, o, ctx.tolerance)
+            cmp = compare_tokens(r, o, tolerance)
             if cmp.outcome == "incomparable":
                 ev["incomparable"] = ev.get("incomparable", 0) + 1
                 result.notes.append(f"{scenario}/{user} turn {r.turn} ({ref_run} vs {obs_run}): not comparable: "
                                     f"{cmp.reason}")
                 break
             result.exercised += 1
+            if user not in seen:
+                ev["conversations"] = ev.get("conversations", 0) + 1
             seen.add(user)
             ev["tokens_compared"] = ev.get("tokens_compared", 0) + cmp.tokens_compared
             if cmp.outcome == "equal":
                 continue
+            ev["conversations_diverged"] = ev.get("conversations_diverged", 0) + 1
             if cmp.outcome == "drift":
                 result.drift += 1
+                if diverged is not None:
+                    diverged.append([r.op_id, o.op_id])
             else:
                 result.violations.append(Violation(
                     check=name, scenario=scenario, users=[user], op_ids=[r.op_id, o.op_id],
@@ -107,7 +118,13 @@ def _coverage(scenario: str, main: RunInfo | None, observed: set[tuple[str, str]
        "a user's outputs do not change when other users' private content is re-drawn (shared prefixes kept)",
        needs=(Need.TOKEN_IDS,), compares_outputs=True)
 def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
+    from harness.calibration.judge import judging_tolerance, rate_test  # imports harness.checks itself
+    from harness.calibration.profile import noise_profile
+
     result = CheckResult("", Verdict.UNKNOWN)
+    profile = noise_profile(history)
+    tolerance = judging_tolerance(profile, ctx.tolerance, result)
+    drifted: list[list[str]] = []
     runs_of: dict[str, list[RunInfo]] = {}  # one pass over the runs, not one per scenario
     for info in history.runs:
         runs_of.setdefault(info.scenario, []).append(info)
@@ -121,7 +138,7 @@ def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
             fixed = {u for u, v in info.variants.items() if v == 0}
             redrawn = set(info.variants) - fixed
             seen = _compare_conversations("counterfactual-isolation", scenario, "main", main, info.run,
-                                          history.ops_of(scenario, info.run), fixed, ctx, result)
+                                          history.ops_of(scenario, info.run), fixed, tolerance, result, drifted)
             observed |= {(v, s) for v in seen for s in redrawn}
         _coverage(scenario, main_info, observed, result)
     _id_provenance([o for o in history.ops if o.role in (Role.MAIN, Role.COUNTERFACTUAL)], result)
@@ -129,10 +146,13 @@ def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
         result.verdict = Verdict.NOT_APPLICABLE
         result.notes.append("no scenario has users of two tenants: no cross-tenant influence to observe")
         return result
+    rate_test(profile, result, drifted)
     _decide(result, "counterfactual comparisons")
     if result.verdict is Verdict.PASS and result.evidence.get("pairs_observable", 0) < result.evidence.get(
             "pairs_present", 0):
         result.verdict = Verdict.UNKNOWN  # fail closed: a pair never observed was not shown to be isolated
+    if result.verdict is Verdict.PASS and result.evidence.get("underpowered"):
+        result.verdict = Verdict.UNKNOWN  # fail closed: the run could have missed the leaks it claims to exclude
     return result
 
 
@@ -140,7 +160,11 @@ def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
        "each conversation replayed alone with no cache reuse gives the same tokens as in the busy run",
        needs=(Need.TOKEN_IDS, Need.COLD_REFERENCE), compares_outputs=True)
 def transparency(history: History, ctx: CheckContext) -> CheckResult:
+    from harness.calibration.judge import judging_tolerance  # imports harness.checks itself
+    from harness.calibration.profile import noise_profile
+
     result = CheckResult("", Verdict.UNKNOWN)
+    tolerance = judging_tolerance(noise_profile(history), ctx.tolerance, result)
     warm = []
     for scenario in history.scenarios():
         solo = history.run_info(scenario, "solo")
@@ -149,7 +173,7 @@ def transparency(history: History, ctx: CheckContext) -> CheckResult:
         if solo.isolation == "warm":
             warm.append(scenario)
         _compare_conversations("cache-transparency", scenario, "solo", history.ops_of(scenario, "solo"), "main",
-                               history.ops_of(scenario, "main"), set(solo.variants), ctx, result)
+                               history.ops_of(scenario, "main"), set(solo.variants), tolerance, result)
     _id_provenance([o for o in history.ops if o.role in (Role.MAIN, Role.SOLO)], result)
     _decide(result, "solo-replay comparisons")
     if warm and result.verdict is Verdict.PASS:

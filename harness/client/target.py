@@ -18,11 +18,13 @@ from typing import Any
 import httpx
 
 from harness import fastjson
+from harness.client.connection import TENANT_HEADER, Connection, current
 from harness.client.llamacpp_ids import TextIds
 from harness.client.parse import Accumulator
 from harness.client.sse import SSEData
 from harness.client.transport import default_transport, over_aiohttp
 from harness.client.types import GenerationRequest, GenerationResult
+from harness.plan.identity import wire_body
 
 _MAX_AFTER_DONE = 1 << 16  # bytes read past a stream's [DONE] before the stream is left unread
 _DRAIN_AFTER_DONE_S = 1.0  # and seconds waited for its end
@@ -65,23 +67,32 @@ class TargetClient:
         max_connections: int = 512,
         transport: httpx.AsyncBaseTransport | None = None,
         keepalive: bool = True,
+        connection: Connection | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Credentials, headers, TLS: the given connection, else the one in force
+        # (`harness.client.connection.using`), so every client of a run carries them.
+        self.connection = conn = connection if connection is not None else current()
+        headers = conn.base_headers()
+        if api_key:
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            headers["Authorization"] = f"Bearer {api_key}"
+        verify = conn.verify()
         # keepalive=False gives every request its own connection, so a server that drops a
         # connection after an error cannot make the *next* request fail in its place.
         limits = httpx.Limits(max_connections=max_connections,
                               max_keepalive_connections=max_connections if keepalive else 0)
         # Without keep-alive, httpx's own transport: it honours "no connection reuse", which
         # aiohttp's pool does not, and hostile traffic is no throughput path.
-        chosen = transport if transport is not None else (default_transport(limits) if keepalive else None)
+        chosen = transport if transport is not None else (default_transport(limits, verify) if keepalive else None)
         self._http = _Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=headers,
             limits=limits,
             transport=chosen,
+            verify=verify,
         )
         # After a stream's [DONE]: read on to its end over aiohttp (leaving httpx's stream
         # generators suspended costs their finalisation through the event loop); over httpx's
@@ -95,6 +106,12 @@ class TargetClient:
         self._json_headers = {**defaults, "Content-Type": "application/json"}  # bodies: fastjson
         self._sse_headers = {**self._json_headers, "Accept": "text/event-stream"}
         self._extensions = {"timeout": self._http.timeout.as_dict()}
+        # A tenant's own headers (its key) over the defaults, for requests naming the tenant.
+        self._tenant_json: dict[str, dict[str, str]] = {}
+        self._tenant_sse: dict[str, dict[str, str]] = {}
+        for tenant, own in conn.tenant_headers().items():
+            self._tenant_json[tenant] = _over(self._json_headers, own)
+            self._tenant_sse[tenant] = _over(self._sse_headers, own)
 
     async def __aenter__(self) -> TargetClient:
         return self
@@ -117,7 +134,12 @@ class TargetClient:
         re-parses the URL and re-merges every default header per call, at more CPU than the
         rest of a request's own work. The client's defaults and timeout apply as usual."""
         base = self._sse_headers if sse else self._json_headers
-        return httpx.Request("POST", self._url(req.path), content=fastjson.dumps(req.body()),
+        body = req.body()
+        if self._tenant_json and req.headers and (tenant := req.headers.get(TENANT_HEADER)) is not None:
+            base = (self._tenant_sse if sse else self._tenant_json).get(tenant, base)
+            if self.connection.gateway_salts:
+                body = wire_body(body, tenant)
+        return httpx.Request("POST", self._url(req.path), content=fastjson.dumps(body),
                              headers={**base, **req.headers} if req.headers else base,
                              extensions=self._extensions)
 
@@ -221,13 +243,32 @@ class TargetClient:
         data = await self.get_json("/v1/models")
         return list(data.get("data", []))
 
+    async def tenant_status(self, tenant: str) -> int | None:
+        """The HTTP status of GET /v1/models sent with `tenant`'s own headers (None: no answer)."""
+        own = self.connection.tenant_headers().get(tenant, {})
+        try:
+            resp = await self._http.get("/v1/models", headers=own)
+        except httpx.HTTPError:
+            return None
+        return resp.status_code
+
     async def reset_prefix_cache(self) -> bool:
-        """Ask the server to drop its prefix cache; True when it said yes."""
+        """Ask the server to drop its prefix cache; True when it said yes. A reset disturbs every
+        user of the server: against one the harness did not launch it is sent only with the
+        connection's `allow_disruptive` (else False, nothing sent)."""
+        if not self.connection.allow_disruptive:
+            return False
         try:
             resp = await self._http.post("/reset_prefix_cache")
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
+
+
+def _over(base: dict[str, str], own: dict[str, str]) -> dict[str, str]:
+    """`base` with `own`'s headers set over it (header names compared case-insensitively)."""
+    names = {k.lower() for k in own}
+    return {**{k: v for k, v in base.items() if k.lower() not in names}, **own}
 
 
 def _excerpt(data: bytes) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
@@ -41,7 +42,7 @@ def _aiohttp_error_as_httpx(exc: BaseException, request: httpx.Request) -> BaseE
     return exc
 
 
-def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+def _aiohttp_transport(limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> httpx.AsyncBaseTransport:
     """httpx-aiohttp's transport (its connection pool and settings), with every aiohttp error
     raised as the matching httpx error, and its per-request glue trimmed to what TargetClient
     needs: the timeout object and parsed URL made once rather than per request, headers handed
@@ -117,17 +118,18 @@ def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
             return httpx.Response(status_code=response.status, headers=response.raw_headers,
                                   stream=_Stream(response, request), request=request, extensions=extensions)
 
-    return _Transport(limits=limits)
+    return _Transport(limits=limits, verify=verify)
 
 
-def default_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
+def default_transport(limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> httpx.AsyncBaseTransport | None:
     """The transport TargetClient uses unless given one: aiohttp's when `httpx-aiohttp` is
-    installed (HARNESS_HTTP_TRANSPORT=auto, the default, or =aiohttp), else None (httpx's own)."""
+    installed (HARNESS_HTTP_TRANSPORT=auto, the default, or =aiohttp), else None (httpx's own).
+    `verify`: the TLS settings (`Connection.verify`)."""
     choice = os.environ.get("HARNESS_HTTP_TRANSPORT", "auto").strip().lower()
     if choice == "httpx":
         return None
     try:
-        return _aiohttp_transport(limits)
+        return _aiohttp_transport(limits, verify)
     except ImportError:
         if choice == "aiohttp":
             raise

@@ -17,9 +17,10 @@ import gc
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from harness.client import GenerationRequest, GenerationResult, TargetClient
 from harness.driver.sink import Sink
@@ -54,6 +55,19 @@ class RunSpec:
     requires_cross_user_hits: bool = False
 
 
+class NemesisHook(Protocol):
+    """What acts on the server between operations (`harness.nemesis.runner.NemesisRunner`): called
+    before each run, before each operation is launched (with its index in the run's launch order,
+    and a `drain` that waits for every request in flight), and after each run."""
+
+    async def run_started(self, spec: RunSpec) -> None: ...
+
+    async def before(self, spec: RunSpec, user: str, turn: int, index: int,
+                     drain: Callable[[], Awaitable[object]]) -> None: ...
+
+    async def run_ended(self, spec: RunSpec) -> None: ...
+
+
 @dataclass
 class DriverOptions:
     max_consecutive_connection_failures: int = 8
@@ -61,6 +75,8 @@ class DriverOptions:
     run_id: str = field(default_factory=lambda: secrets.token_hex(4))
     restart: Callable[[], object] | None = None
     """Starts a fresh server process (blocking); needed by runs with isolation "restart"."""
+    nemesis: NemesisHook | None = None
+    """Acts on the server by operation index (docs/design.md, "Nemeses")."""
 
 
 def build_request(spec: RunSpec, plan: UserPlan, turn: int, outputs: list[str], salt: str | None) -> GenerationRequest:
@@ -146,32 +162,33 @@ class _Run:
             return result, invoke, now()
 
     def order(self) -> list[tuple[UserPlan, int]]:
-        sched = self.spec.scenario.schedule
-        plans = self.spec.plans
-        if sched.interleaving in ("lockstep", "burst"):
-            turns = max(len(p.turn_texts) for p in plans)
-            return [(p, t) for t in range(turns) for p in plans if t < len(p.turn_texts)]
-        rng = random.Random(sched.seed)
-        remaining = {p.user: 0 for p in plans}
-        by_user = {p.user: p for p in plans}
-        users = sorted(remaining)  # kept sorted as users finish: the same draws as sorting every time
-        order: list[tuple[UserPlan, int]] = []
-        while remaining:
-            user = rng.choice(users)
-            order.append((by_user[user], remaining[user]))
-            remaining[user] += 1
-            if remaining[user] >= len(by_user[user].turn_texts):
-                del remaining[user]
-                del users[bisect.bisect_left(users, user)]
-        return order
+        return launch_order(self.spec)
+
+    def leaders(self) -> dict[str, str]:
+        """Follower -> leader: of the users with the same cache domain (model, salt) and prompt start,
+        the first in plan order leads; each other one's turn waits for the leader's same turn
+        (`Schedule.leaders_first`)."""
+        first: dict[tuple[str, str | None, str], str] = {}
+        follows: dict[str, str] = {}
+        for p in self.spec.plans:
+            key = (self.spec.models[p.user], self.spec.salts.get(p.user), p.system_text)
+            leader = first.setdefault(key, p.user)
+            if leader != p.user:
+                follows[p.user] = leader
+        return follows
 
     async def drive(self) -> None:
         spec, sched = self.spec, self.spec.scenario.schedule
+        nemesis = self.opts.nemesis
         if spec.isolation != "shared":
+            index = 0
             for plan in spec.plans:  # each conversation alone, one request at a time
                 for turn in range(len(plan.turn_texts)):
                     if plan.user in self.failed_users:
                         break
+                    if nemesis is not None:
+                        await nemesis.before(spec, plan.user, turn, index, _nothing_to_drain)
+                    index += 1
                     await self.one(plan, turn)
             return
         limit = len(spec.plans) if sched.interleaving == "burst" else sched.concurrency
@@ -186,21 +203,31 @@ class _Run:
         failures: list[tuple[int, asyncio.Task[None]]] = []  # (launch index, task) of tasks that raised
         waited_turn = -1  # lockstep: the last turn whose requests have all been awaited
 
+        leaders = self.leaders() if sched.leaders_first else {}
+
         async def launch(plan: UserPlan, turn: int) -> None:
             try:
+                leader = leaders.get(plan.user)
+                if leader is not None and (leader, turn) in done:
+                    await done[(leader, turn)].wait()
                 if plan.user not in self.failed_users:
                     await self.one(plan, turn)
             finally:
                 sem.release()
                 done[(plan.user, turn)].set()
 
+        async def drain() -> None:
+            await asyncio.gather(*tasks)
+
         try:
-            for plan, turn in self.order():
+            for index, (plan, turn) in enumerate(self.order()):
                 if turn > 0:
                     await done[(plan.user, turn - 1)].wait()
                     if sched.interleaving == "lockstep" and waited_turn < turn - 1:
                         await asyncio.gather(*(ev.wait() for ev in turn_done[turn - 1]))
                         waited_turn = turn - 1
+                if nemesis is not None:
+                    await nemesis.before(spec, plan.user, turn, index, drain)
                 await sem.acquire()
                 task = asyncio.create_task(launch(plan, turn))
                 task.add_done_callback(functools.partial(_note_failure, failures, len(tasks)))
@@ -212,6 +239,34 @@ class _Run:
             for pending in tasks:
                 pending.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def launch_order(spec: RunSpec) -> list[tuple[UserPlan, int]]:
+    """The order in which a shared run launches (user plan, turn): `lockstep` and `burst` turn by
+    turn, `random` a seeded draw. Runs of one scenario with the same users and turn counts (the
+    main run and its counterfactual re-runs) launch in the same order."""
+    sched = spec.scenario.schedule
+    plans = spec.plans
+    if sched.interleaving in ("lockstep", "burst"):
+        turns = max(len(p.turn_texts) for p in plans)
+        return [(p, t) for t in range(turns) for p in plans if t < len(p.turn_texts)]
+    rng = random.Random(sched.seed)
+    remaining = {p.user: 0 for p in plans}
+    by_user = {p.user: p for p in plans}
+    users = sorted(remaining)  # kept sorted as users finish: the same draws as sorting every time
+    order: list[tuple[UserPlan, int]] = []
+    while remaining:
+        user = rng.choice(users)
+        order.append((by_user[user], remaining[user]))
+        remaining[user] += 1
+        if remaining[user] >= len(by_user[user].turn_texts):
+            del remaining[user]
+            del users[bisect.bisect_left(users, user)]
+    return order
+
+
+async def _nothing_to_drain() -> None:
+    """The solo replay sends one request at a time: nothing is in flight between two."""
 
 
 def _note_failure(failures: list[tuple[int, asyncio.Task[None]]], index: int, task: asyncio.Task[None]) -> None:
@@ -232,8 +287,13 @@ async def drive_run(client: TargetClient, spec: RunSpec, history: Sink, opts: Dr
             requires_cross_user_hits=spec.requires_cross_user_hits,
         )
     )
+    opts = opts or DriverOptions()
+    if opts.nemesis is not None:
+        await opts.nemesis.run_started(spec)
     with _fewer_collections():
-        await _Run(client, spec, history, opts or DriverOptions()).drive()
+        await _Run(client, spec, history, opts).drive()
+    if opts.nemesis is not None:
+        await opts.nemesis.run_ended(spec)
 
 
 @contextmanager

@@ -13,9 +13,16 @@ from harness.faults import salt_drop  # noqa: F401
 from harness.faults import salt_merge  # noqa: F401
 from harness.faults import phantom_hit  # noqa: F401
 from harness.faults import noise  # noqa: F401
+from harness.faults import drift  # noqa: F401
 from harness.faults import delay  # noqa: F401
 from harness.faults import reorder  # noqa: F401
 from harness.faults import hostile_5xx  # noqa: F401
+from harness.faults import crash_combo  # noqa: F401
+from harness.faults import hide_hits  # noqa: F401
+from harness.faults import flaky  # noqa: F401
+from harness.faults import poison  # noqa: F401
+from harness.faults import victim_5xx  # noqa: F401
+from harness.faults import victim_hang  # noqa: F401
 # isort: on
 from harness.faults.base import REGISTRY, Fault, all_faults, get, register
 

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from harness.faults.exchange import Call, Captured
     from harness.faults.tokenizer import TargetTokenizer
 
-Kind = Literal["fault", "benign"]
+Kind = Literal["fault", "benign", "blind"]
+"""fault: a check must FAIL; benign: every check must hold; blind: the run must be UNKNOWN (it hides
+what a check needs, so nothing may be claimed: fail closed)."""
 
 HISTORY_SIZE = 512
 """How many earlier prompts / responses the stateful faults remember."""
@@ -43,6 +45,10 @@ class FaultContext(Protocol):
 
     @property
     def tokenizer(self) -> TargetTokenizer: ...
+
+    @property
+    def target_url(self) -> str:
+        """The upstream server's base URL (for a fault that reads the server's own documents)."""
 
     def draw(self) -> bool:
         """One seeded coin flip (probability `rate`) for a request eligible for the fault."""
@@ -68,6 +74,9 @@ class Fault:
     """Target capabilities without which no check can observe it."""
     scenarios: ClassVar[tuple[str, ...]] = ()
     """The library scenarios (files under scenarios/) in which it has something to act on."""
+    controls_every_scenario: ClassVar[bool] = False
+    """A benign control that the selftest also runs on every scenario a selected fault uses, so each
+    fault's scenarios have a control showing that a correct server PASSes there."""
     timing_audit: ClassVar[bool] = False
     """The selftest also runs the salted timing audit through it."""
     edits_response: ClassVar[bool] = False

@@ -18,6 +18,7 @@ class Noise(Fault):
                "appears); never changes a token.")
     models = "healthy float drift between batch shapes and cached/cold kernels."
     scenarios = ("shared-system-prompt.yaml", "burst.yaml")
+    controls_every_scenario = True
     edits_response = True
 
     async def on_response(self, call: Call, cap: Captured) -> Captured:

@@ -2,19 +2,25 @@
 
 Where the settings come from, highest first:
 1. the flags given on the command line;
-2. the file named by `--config FILE`, else `isolation.toml` in the current folder, else the
+2. the environment variables of `ENV_KEYS` (HARNESS_TARGET, HARNESS_POLICY, HARNESS_REPORT_DIR);
+3. the file named by `--config FILE`, else `isolation.toml` in the current folder, else the
    `[tool.harness]` table of `pyproject.toml` in the current folder (the first that exists);
-3. the built-in defaults (`RUN_DEFAULTS`, the defaults of `harness run`).
+4. the built-in defaults (`RUN_DEFAULTS`, the defaults of `harness run`).
 
 Keys mirror the long flags of `harness run` without the dashes in front (`report-dir`,
 `known-findings`, `no-solo`, ...; `report_dir` is accepted too). Relative paths in a file are
 taken relative to the folder holding that file. An unknown key or a value of the wrong type is a
 `ConfigError` that names the file and the key (`harness run` exits 2 on it).
+
+Credentials are never written in a file: `api-key-env` names the variable holding the key, and
+`tenants.NAME.api_key_env` each tenant's; `headers` (and a tenant's `headers`) are tables of
+header values, where `${VAR}` is read from the environment (`harness.frontends.target_args`).
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.checks.compare import DEFAULT_TOLERANCE
+from harness.scenario.library import library_path
 from harness.stacks import STACKS
 
 CONFIG_FILE = "isolation.toml"
@@ -30,7 +37,7 @@ POLICIES = ("shared-prefix", "salted")
 
 RUN_DEFAULTS: dict[str, Any] = {
     "target": None,
-    "scenario": [Path("scenarios")],
+    "scenario": [library_path()],
     "report_dir": Path("reports/latest"),
     "seed": None,
     "tolerance": DEFAULT_TOLERANCE,
@@ -40,8 +47,15 @@ RUN_DEFAULTS: dict[str, Any] = {
     "no_solo": False,
     "no_counterfactual": False,
     "stack": "vllm",
+    "model": None,
+    "gateway_salts": False,
+    "replay_incidents": False,
+    "nemesis": None,
 }
 """The defaults of `harness run`, by argparse destination name."""
+
+ENV_KEYS: dict[str, str] = {"target": "HARNESS_TARGET", "policy": "HARNESS_POLICY", "report_dir": "HARNESS_REPORT_DIR"}
+"""argparse destination -> the environment variable that sets it (below the flags, above the file)."""
 
 
 class ConfigError(ValueError):
@@ -125,6 +139,39 @@ def _bool(v: Any, base: Path) -> bool:
     return v
 
 
+def _headers(v: Any, base: Path) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) and k and isinstance(x, str) for k, x in v.items()):
+        raise ValueError("expected a table of header names to string values")
+    return dict(v)
+
+
+def _env_name(v: Any, base: Path) -> str:
+    name = _str(v, base)
+    if not name.replace("_", "a").isalnum() or name[0].isdigit():
+        raise ValueError("expected the name of an environment variable")
+    return name
+
+
+def _tenants(v: Any, base: Path) -> dict[str, dict[str, Any]]:
+    if not isinstance(v, dict):
+        raise ValueError("expected a table of tenants")
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in v.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"tenant {name!r}: expected a table with api_key_env and/or headers")
+        unknown = set(spec) - {"api_key_env", "api-key-env", "headers"}
+        if unknown:
+            raise ValueError(f"tenant {name!r}: unknown key(s) {sorted(unknown)}; known: api_key_env, headers")
+        env = spec.get("api_key_env", spec.get("api-key-env"))
+        out[name] = {"api_key_env": _env_name(env, base) if env is not None else None,
+                     "headers": _headers(spec.get("headers", {}), base)}
+    return out
+
+
+def _no_secret(v: Any, base: Path) -> Any:
+    raise ValueError("a key is not read from a file; name the environment variable holding it with api-key-env")
+
+
 KEYS: dict[str, tuple[str, Callable[[Any, Path], Any]]] = {
     "target": ("target", _str),
     "scenario": ("scenario", _paths),
@@ -137,8 +184,27 @@ KEYS: dict[str, tuple[str, Callable[[Any, Path], Any]]] = {
     "no-solo": ("no_solo", _bool),
     "no-counterfactual": ("no_counterfactual", _bool),
     "stack": ("stack", _stack),
+    "model": ("model", _str),
+    "gateway-salts": ("gateway_salts", _bool),
+    "replay-incidents": ("replay_incidents", _bool),
+    "nemesis": ("nemesis", _str),
+    "allow-disruptive": ("allow_disruptive", _bool),
+    "api-key-env": ("api_key_env", _env_name),
+    "api-key": ("api_key", _no_secret),
+    "headers": ("headers", _headers),
+    "ca-bundle": ("ca_bundle", _path),
+    "insecure": ("insecure", _bool),
+    "client-cert": ("client_cert", _path),
+    "client-key": ("client_key", _path),
+    "tenants": ("tenants", _tenants),
 }
 """File key -> (argparse destination, checker)."""
+
+CONNECTION_KEYS = frozenset({"api-key-env", "api-key", "headers", "ca-bundle", "insecure", "client-cert", "client-key",
+                             "allow-disruptive", "tenants"})
+"""Keys read by `harness.frontends.target_args.connection_from`, not merged into RUN_DEFAULTS'
+settings. `api-key-env`, `headers` and `tenants` exist only in a file (the flags are `--api-key`
+and `--header`); `api-key` is refused in a file."""
 
 
 def find_config(folder: Path | None = None) -> tuple[Path, bool] | None:
@@ -206,13 +272,22 @@ def parse_table(data: Mapping[str, Any], source: str, base: Path) -> dict[str, A
     return values
 
 
-def merge(explicit: Mapping[str, Any], file: FileConfig, defaults: Mapping[str, Any] = RUN_DEFAULTS) -> dict[str, Any]:
-    """Each setting from the flags when given (not None), else the file, else the default."""
+def merge(explicit: Mapping[str, Any], file: FileConfig, defaults: Mapping[str, Any] = RUN_DEFAULTS,
+          environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Each setting from the flags when given (not None), else its environment variable
+    (`ENV_KEYS`), else the file, else the default."""
+    env = os.environ if environ is None else environ
     out: dict[str, Any] = {}
     for dest, default in defaults.items():
         given = explicit.get(dest)
+        var = ENV_KEYS.get(dest)
         if given is not None:
             out[dest] = given
+        elif var and env.get(var):
+            try:
+                out[dest] = KEYS[dest.replace("_", "-")][1](env[var], Path("."))
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {var}: {exc}, got {env[var]!r}") from None
         elif dest in file.values:
             out[dest] = file.values[dest]
         else:

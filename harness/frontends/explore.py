@@ -53,7 +53,7 @@ from harness.frontends.explore_run import (
     target_url,
 )
 from harness.known import KnownFinding
-from harness.scenario.model import Scenario
+from harness.scenario.model import Adversary, Scenario
 from harness.verdict import Verdict, decide_exploration
 
 if TYPE_CHECKING:
@@ -93,6 +93,11 @@ class ExploreConfig:
     strategy: SearchStrategy[Scenario] | None = None
     known_findings: tuple[KnownFinding, ...] = ()
     """The exact-signature baseline `harness run` applies: a known server bug ends no search."""
+    adversary: bool = False
+    """Give every drawn scenario the adversarial tenant, its hostile values ordered by the example's
+    seed (`harness.adversary.plan.plan_adversary`), concurrently with the victims."""
+    adversary_budget: int | None = None
+    """Hostile requests per example (None: the default run's budget)."""
 
 
 @dataclass
@@ -262,7 +267,7 @@ class _Search:
         t0 = time.monotonic()
         outcome = run_scenario(scenario, cfg.target, run_dir, fault=cfg.fault, fault_seed=cfg.fault_seed,
                                counterfactual=cfg.counterfactual, solo=cfg.solo, timeout_s=cfg.timeout_s,
-                               known_findings=cfg.known_findings)
+                               known_findings=cfg.known_findings, adversary_budget=cfg.adversary_budget)
         stats = stats_of(outcome, time.monotonic() - t0)
         res.examples += 1
         if self.phase in ("confirm", "verify"):
@@ -314,6 +319,8 @@ def explore(cfg: ExploreConfig,
     result = ExploreResult(seed=seed_value)
     found_dir = Path(cfg.found_dir or (cfg.report_dir / "found" if cfg.fault else FOUND_DIR))
     strategy = cfg.strategy if cfg.strategy is not None else scenarios(adapters=adapter_roles(cfg.target))
+    if cfg.adversary:  # the saved counterexample carries its adversary, so a replay sends the same cases
+        strategy = strategy.map(lambda s: s if s.adversary else s.model_copy(update={"adversary": Adversary()}))
     search = _Search(cfg, result, on_example)
     started = time.monotonic()
     i = 0
@@ -367,7 +374,7 @@ def _save(cfg: ExploreConfig, search: _Search, key: str, reproduced: bool, found
         "violations:",
         *(f"  {v}" for v in violations[:5]),
         f"reproducer: {report_dir} (report.json, history.jsonl, reproducers/ with curl commands)",
-        "replay: harness replay FILE (exit 0 FIXED, 1 still FAILING, 2 UNKNOWN)",
+        "replay: kvbleed replay FILE (exit 0 FIXED, 1 still FAILING, 2 UNKNOWN)",
     ]
     path = save_found(scenario, found_dir, "\n".join(lines))
     return Found(scenario, path, violations, report_dir, reproduced)

@@ -26,7 +26,7 @@ from harness.stacks.base import Stack
 from harness.stacks.external import ExternalStack
 from harness.verdict import Verdict
 
-FOUND_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "found"
+FOUND_DIR = Path("scenarios") / "found"  # under the current folder: never inside an installed package
 
 
 # --- running one scenario ---------------------------------------------------------------------------
@@ -57,14 +57,19 @@ def stats_of(result: RunResult, seconds: float = 0.0) -> ExampleStats:
 
 def run_scenario(scenario: Scenario, target: str, report_dir: Path, *, fault: str | None = None,
                  fault_seed: int = 0, counterfactual: bool = True, solo: bool = True, timeout_s: float = 60.0,
-                 known_findings: tuple[KnownFinding, ...] = (), console: Console | None = None) -> RunResult:
+                 known_findings: tuple[KnownFinding, ...] = (), console: Console | None = None,
+                 adversary_budget: int | None = None) -> RunResult:
     """Run `scenario` against `target` (through a fresh fault proxy if `fault`, its injections in the
     history), with the exact-signature known-findings baseline `known_findings`; reports in `report_dir`."""
     console = console or Console(stderr=True, quiet=True)
     stack: Stack = ExternalStack(target)
     if fault:
         stack = FaultedStack(stack, fault, rate=1.0, seed=fault_seed)
-    options = RunOptions(counterfactual=counterfactual, solo=solo, timeout_s=timeout_s, known_findings=known_findings)
+    # A scenario with an adversarial tenant draws its order of hostile values from its own seed, so
+    # each example of a search sends different schema-aware values (harness.adversary.plan).
+    rotation = scenario.seed + 1 if scenario.adversary else 0
+    options = RunOptions(counterfactual=counterfactual, solo=solo, timeout_s=timeout_s, known_findings=known_findings,
+                         adversary_budget=adversary_budget, adversary_rotation=rotation)
     return run_and_report([scenario], stack, options, report_dir, console)
 
 

@@ -14,11 +14,13 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.checks.compare import DEFAULT_TOLERANCE
+from harness.client.connection import Connection
 from harness.engine import RunOptions, failed_before_start, run
 from harness.known import KnownFinding, load_known_findings
 from harness.reporters import print_summary, write_all
 from harness.result import RunResult
 from harness.scenario.io import ScenarioError, load_scenarios
+from harness.scenario.library import library_path
 from harness.scenario.model import Scenario
 from harness.stacks import Stack, make_stack
 
@@ -57,7 +59,7 @@ class RunConfig:
     """`harness run`'s settings (paths in, a report folder out); see `run_isolation`."""
 
     target: str | None = None
-    scenario_paths: list[Path] = field(default_factory=lambda: [Path("scenarios")])
+    scenario_paths: list[Path] = field(default_factory=lambda: [library_path()])
     report_dir: Path = Path("reports/latest")
     seed: int | None = None
     tolerance: float = DEFAULT_TOLERANCE
@@ -68,10 +70,20 @@ class RunConfig:
     known_findings: Path | None = None
     stack: str = "vllm"
     """The server the harness launches when no target is given (a `harness.stacks` name)."""
+    connection: Connection | None = field(default=None, compare=False)
+    """Credentials, headers, TLS, tenant identities (`harness.client.connection`; not compared:
+    it holds secrets and is checked on its own)."""
+    model: str | None = None
+    gateway_salts: bool = False
+    allow_disruptive: bool = False
+    replay_incidents: bool = False
+    """Replay the requests in flight at an incident against a URL (`--replay-incidents`)."""
 
     def options(self) -> RunOptions:
         return RunOptions(seed=self.seed, tolerance=self.tolerance, policy=self.policy, timeout_s=self.timeout_s,
-                          counterfactual=self.counterfactual, solo=self.solo)
+                          counterfactual=self.counterfactual, solo=self.solo, connection=self.connection,
+                          model=self.model, gateway_salts=self.gateway_salts, allow_disruptive=self.allow_disruptive,
+                          replay_incidents=self.replay_incidents)
 
 
 def run_isolation(cfg: RunConfig, console: Console | None = None) -> RunResult:

@@ -37,12 +37,16 @@ class Role(StrEnum):
     SOLO = "solo"
     ADVERSARY = "adversary"
     ADVERSARY_ALONE = "adversary-alone"
+    CALIBRATION = "calibration"
+    """An A/A repeat of the main run ("aa-N"): the same content and schedule, to measure the noise."""
 
     @classmethod
     def of_run(cls, run: str) -> Role:
-        """The role of a run name as the planner gives them ("main", "cf-N", "solo", "adversary...")."""
+        """The role of a run name as the planner gives them ("main", "cf-N", "aa-N", "solo", "adversary...")."""
         if run.startswith("cf-"):
             return cls.COUNTERFACTUAL
+        if run.startswith("aa-"):
+            return cls.CALIBRATION
         if run == cls.ADVERSARY_ALONE.value:
             return cls.ADVERSARY_ALONE
         if run.startswith("adversary"):
@@ -202,11 +206,26 @@ class TriageReplay:
     kind: str = "triage"
 
 
-Event = FaultInjection | NemesisAction | Incident | CalibrationRun | TriageReplay
+@dataclass
+class ReplicaAttribution:
+    """Which replica of a fleet served each operation (by op id), from the replicas' own ledgers
+    (`stacks.fleet`). An op that reached several replicas (a router retry) is ambiguous; an op in
+    neither map has no known replica."""
+
+    at_s: float
+    replicas: list[str]
+    served: dict[str, str] = field(default_factory=dict)  # op id -> replica
+    ambiguous: list[str] = field(default_factory=list)  # op ids seen on more than one replica
+    source: str = ""
+    kind: str = "replicas"
+
+
+Event = FaultInjection | NemesisAction | Incident | CalibrationRun | TriageReplay | ReplicaAttribution
 Record = HistoryHeader | RunInfo | Operation | MetricsSnapshot | Event
 _EVENT_KINDS: dict[str, type[HistoryHeader | RunInfo | MetricsSnapshot | Event]] = {
     "header": HistoryHeader, "run": RunInfo, "metrics": MetricsSnapshot, "fault": FaultInjection,
     "nemesis": NemesisAction, "incident": Incident, "calibration": CalibrationRun, "triage": TriageReplay,
+    "replicas": ReplicaAttribution,
 }
 
 

@@ -2,6 +2,8 @@
 
 A tenant's `adapter` is a role (`adapter-1`, `adapter-2`, ... in the target's listing order) or
 a literal model name; no adapter means the base model (the first model that is not an adapter).
+A target serving several models is narrowed to the one under test first (`select_model`): that
+model and the adapters whose `parent` it is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,22 @@ from harness.scenario.model import Scenario
 
 class ResolveError(ValueError):
     pass
+
+
+def select_model(entries: list[dict[str, Any]], model: str | None) -> list[dict[str, Any]]:
+    """The /v1/models entries of base model `model` and its adapters (None: every entry); a model
+    the target does not serve (or serves only as an adapter) is a ResolveError listing what it serves."""
+    if model is None:
+        return entries
+    ids = [str(e.get("id")) for e in entries]
+    base = [e for e in entries if e.get("id") == model]
+    if not base:
+        raise ResolveError(f"model {model!r} is not served by the target; it serves: {', '.join(ids) or 'nothing'}")
+    if base[0].get("parent"):
+        bases = [str(e.get("id")) for e in entries if not e.get("parent")]
+        raise ResolveError(f"model {model!r} is an adapter of {base[0].get('parent')!r}, not a base model; "
+                           f"base models served: {', '.join(bases) or 'none'}")
+    return base + [e for e in entries if e.get("id") != model and e.get("parent") == model]
 
 
 def split_models(entries: list[dict[str, Any]]) -> tuple[str, list[str]]:

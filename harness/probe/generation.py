@@ -1,13 +1,20 @@
 """Probe step for generation itself: completions and chat, output and prompt token ids, the
-logprob depth the server grants, and whether streaming gives the same tokens."""
+logprob depth the server grants, whether streaming gives the same tokens, and whether the same
+greedy request sent several times at once gives the same tokens (a first look at the noise that
+the run's A/A calibration measures, docs/design.md "Comparing two generations")."""
 
 from __future__ import annotations
+
+import asyncio
 
 from harness.client import Endpoint, GenerationResult
 from harness.probe.session import ProbeSession, fresh_prompt, one_line
 from harness.probe.types import Capability
 
 LOGPROB_DEPTHS = (20, 5, 1)  # asked in this order until one is accepted
+DETERMINISM_REPEATS = 8
+"""Copies of one greedy request sent at once to see whether the target looks deterministic."""
+DETERMINISM_TOKENS = 32
 _ENDPOINTS: tuple[Endpoint, ...] = ("completions", "chat")
 
 
@@ -39,6 +46,28 @@ async def generation(s: ProbeSession) -> None:
         sres = await s.client.generate(s.request(endpoint, text, stream=True))
         outputs[f"{endpoint}-stream"] = sres
     _streaming(s, outputs)
+    await _determinism(s)
+
+
+async def _determinism(s: ProbeSession) -> None:
+    """The same greedy request DETERMINISM_REPEATS times at once: identical token ids, or not."""
+    endpoint: Endpoint | None = next((e for e in _ENDPOINTS if getattr(s.caps, e).available), None)
+    if endpoint is None:
+        s.caps.deterministic = Capability(None, None, "no generation endpoint answered")
+        return
+    req = s.request(endpoint, fresh_prompt(24), max_tokens=DETERMINISM_TOKENS)
+    results = await asyncio.gather(*(s.client.generate(req) for _ in range(DETERMINISM_REPEATS)))
+    ids = [tuple(r.output_token_ids) for r in results if r.ok and r.output_token_ids]
+    if len(ids) < 2:
+        s.caps.deterministic = Capability(None, None, f"{endpoint}: too few answers with token ids ({len(ids)})")
+        return
+    distinct = len(set(ids))
+    what = f"{endpoint}: {len(ids)} copies of one greedy request sent at once gave {distinct} distinct output(s)"
+    if distinct == 1:
+        s.caps.deterministic = Capability(True, {"copies": len(ids), "distinct": 1}, what)
+    else:
+        s.caps.deterministic = Capability(False, {"copies": len(ids), "distinct": distinct},
+                                          what + ": outputs are judged against the run's A/A calibration")
 
 
 def _token_ids_and_logprobs(s: ProbeSession, endpoint: str, res: GenerationResult, depth_asked: int) -> None:

@@ -31,3 +31,13 @@ def request_fields(openapi: dict[str, Any], path: str) -> list[str] | None:
 
     walk(schema)
     return names
+
+
+async def fetch_document(client: Any) -> dict[str, Any] | None:
+    """The target's OpenAPI document (GET /openapi.json), None where it serves none. `client` is a
+    `harness.client.TargetClient`."""
+    try:
+        doc = await client.get_json("/openapi.json")
+    except Exception:  # any failure means: no document to draw from (the adversary says so)
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("paths"), dict) else None

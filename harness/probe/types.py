@@ -39,6 +39,7 @@ class Capabilities:
     prompt_token_ids: Capability = field(default_factory=Capability)
     logprobs: Capability = field(default_factory=Capability)
     streaming: Capability = field(default_factory=Capability)
+    deterministic: Capability = field(default_factory=Capability)
     prefix_caching: Capability = field(default_factory=Capability)
     cached_tokens: Capability = field(default_factory=Capability)
     cache_salt_accepted: Capability = field(default_factory=Capability)

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.checks.base import all_checks
+from harness.incidents import incident_summary, stopped_at, stopped_text
+from harness.reporters.noise import noise_lines
 from harness.result import RunResult
 from harness.verdict import Verdict
 
@@ -35,12 +37,28 @@ def print_summary(result: RunResult, console: Console, report_dir: Path | None =
     drift = sum(r.drift for r in result.checks)
     console.print(f"requests: {result.meta.requests}   comparisons: {comparisons}   drift (near-ties): {drift}   "
                   f"seeds: {result.meta.seeds}")
+    for line in noise_lines(result):
+        console.print(f"  [dim]{line}[/]")
+    rows = [row for row in result.decision.evidence if row.applies]
+    if rows:
+        short = [row for row in rows if not row.met]
+        console.print(f"minimum evidence for PASS: {len(rows) - len(short)} of {len(rows)} met")
+        for row in short:
+            console.print(f"  [yellow]short:[/] {row.check}: {row.what} = {row.value:g} (needs {row.bound})")
     for k in result.known:
         j = k.to_json()
         state = f"reproduced ({j['violations']} violation(s))" if j["reproduced"] else "did NOT reproduce (fixed?)"
         console.print(f"[bold magenta]known finding[/] {j['id']}: {j['title']} -- {state}; see {j['reproducer']}")
     if result.error:
         console.print(f"[bold yellow]run stopped early:[/] {result.error}")
+        where = stopped_text(stopped_at(result.history, result.error))
+        if where:
+            console.print(f"[bold yellow]{where}[/]; history kept")
+    for incident in incident_summary(result.history):
+        state = (f"reproduced by {len(incident['group'])} request(s) fired together"  # type: ignore[arg-type]
+                 if incident["reproduced"] else f"not attributable to any input ({incident['why_not']})")
+        console.print(f"[bold]incident[/] {incident['what']} at t={incident['at_s']} s in {incident['scenario']}: "
+                      f"{incident['failed']} request(s) failed; {state}")
     for path in result.reproducers[:10]:
         console.print(f"reproducer: {path}")
     if report_dir is not None:

@@ -25,6 +25,7 @@ from harness.reporters.html_selftest import render_selftest_html, write_selftest
 from harness.reporters.html_timeline import AXIS_H, LABEL_W, LANE_H, PLOT_W, build_cache, build_timelines, reuse_colour
 from harness.reporters.html_tokens import shared_prefixes, shown_tokens, token_words
 from harness.reporters.html_violations import build_violations
+from harness.reporters.noise import noise_lines
 from harness.result import ReportSchemaError, RunResult
 
 
@@ -69,6 +70,7 @@ def render_html(result: RunResult, report_dir: Path | None = None) -> str:
         meta=meta,
         meta_rows=_meta_rows(meta),
         violations=build_violations(report, history, report_dir, words),
+        noise=noise_lines(result),
         violation_total=len(flat),
         flat_violations=flat,
         timelines=build_timelines(history, flagged),

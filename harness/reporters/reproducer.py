@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 from harness.history.record import History, Operation
+from harness.plan.identity import wire_body
 from harness.result import RunResult
 from harness.scenario.io import dump_scenario
 from harness.scenario.model import Scenario
@@ -24,11 +25,32 @@ def involved_users(scenario: Scenario, users: list[str]) -> set[str]:
     return named | {u.name for u in scenario.users if prefixes & set(u.prefixes)}
 
 
-def curl_command(base_url: str, op: Operation, background: bool = False) -> str:
+DEFAULT_KEY_ENV = "HARNESS_API_KEY"
+
+
+def auth(env: str = DEFAULT_KEY_ENV) -> str:
+    """curl's key: read from the environment variable `env` when the replay runs (nothing when it
+    is unset); the history holds no key."""
+    return f'${{{env}:+-H}} ${{{env}:+"Authorization: Bearer ${env}"}}'
+
+
+def tenant_key_envs(scenario: Scenario | None) -> dict[str, str]:
+    """Tenant -> the environment variable of its own key, where the scenario names one."""
+    return {t.name: t.api_key_env for t in scenario.tenants if t.api_key_env} if scenario else {}
+
+
+def curl_command(base_url: str, op: Operation, background: bool = False, identity: bool = False,
+                 key_env: str = DEFAULT_KEY_ENV) -> str:
+    """One request as a curl command, its key read from `key_env` (the tenant's own variable where
+    it has one); `identity` adds the harness's X-Harness-* headers (what a fault proxy, and the
+    triage replays, key on)."""
     path = "/v1/completions" if op.endpoint == "completions" else "/v1/chat/completions"
-    body = json.dumps(op.request, indent=1)
+    body = json.dumps(wire_body(op.request, op.tenant), indent=1)
+    ids = "".join(f" -H {shlex.quote(f'{k}: {v}')}" for k, v in (
+        ("X-Harness-User", op.user), ("X-Harness-Tenant", op.tenant), ("X-Harness-Op", op.op_id))) if identity else ""
     return (f"# {op.op_id} (user {op.user}, tenant {op.tenant})\n"
-            f"curl -sS {shlex.quote(base_url + path)} -H 'Content-Type: application/json' --data-binary @- <<'JSON'"
+            f"curl -sS {shlex.quote(base_url + path)} {auth(key_env)} -H 'Content-Type: application/json'{ids} "
+            "--data-binary @- <<'JSON'"
             f"{' &' if background else ''}\n{body}\nJSON\n" + ("" if background else "echo"))
 
 
@@ -47,20 +69,38 @@ def write_reproducer(folder: Path, index: int, violation: Violation, scenario: S
         f"Reproducer for a {violation.check} violation in scenario {violation.scenario!r}",
         violation.message,
         f"seed: {scenario.seed if scenario else '?'}   nonce:{main.nonce if main else '?'}",
-        f"replay: harness run --scenario {out / 'scenario.yaml'} --target URL",
+        f"replay: kvbleed run --scenario {out / 'scenario.yaml'} --target URL",
     ])
     if scenario is not None:
         cut = scenario.restricted_to(involved_users(scenario, violation.users))
         (out / "scenario.yaml").write_text(dump_scenario(cut, header))
     ops = {o.op_id: o for o in history.ops}
-    lines = ["#!/usr/bin/env sh", "# " + violation.message.replace("\n", " "), "# The exact requests involved:"]
-    lines += [curl_command(base_url, ops[i]) for i in violation.op_ids if i in ops]
+    envs = tenant_key_envs(scenario)
+    lines = ["#!/usr/bin/env sh", "# " + violation.message.replace("\n", " "),
+             f"# Keys come from the environment: {DEFAULT_KEY_ENV}"
+             + "".join(f", {env} for tenant {t}" for t, env in sorted(envs.items())) + "; no secret is written here.",
+             "# The exact requests involved:"]
+
+    def curl(op: Operation, background: bool = False, identity: bool = False) -> str:
+        return curl_command(base_url, op, background, identity, envs.get(op.tenant, DEFAULT_KEY_ENV))
+
+    if violation.details.get("fire_together"):
+        # An incident's smallest reproducing group (harness.incidents): the failure needs these
+        # requests in flight together, so they are fired concurrently, exactly as the replay did.
+        lines += ["# sent concurrently, as the triage replay that reproduced it did:"]
+        lines += [curl(ops[i], background=True, identity=True) for i in violation.op_ids if i in ops]
+        lines += ["wait", "echo", "curl -sS -o /dev/null -w 'server answers GET /v1/models: HTTP %{http_code}\\n' "
+                  + shlex.quote(base_url + "/v1/models")]
+        (out / "requests.sh").write_text("\n".join(lines) + "\n")
+        (out / "violation.json").write_text(json.dumps(violation.__dict__, indent=2, default=str))
+        return out
+    lines += [curl(ops[i]) for i in violation.op_ids if i in ops]
     observed = ops.get(violation.op_ids[-1]) if violation.op_ids else None
     batch = concurrent_ops(history, observed) if observed is not None else []
     if observed is not None and len(batch) > 1:
         lines += ["", f"# The {len(batch)} requests that were in flight together with {observed.op_id}, sent",
                   "# concurrently (a violation that needs batching only shows when they share a batch):"]
-        lines += [curl_command(base_url, o, background=True) for o in batch] + ["wait", "echo"]
+        lines += [curl(o, background=True) for o in batch] + ["wait", "echo"]
     (out / "requests.sh").write_text("\n".join(lines) + "\n")
     (out / "violation.json").write_text(json.dumps(violation.__dict__, indent=2, default=str))
     return out

@@ -48,6 +48,11 @@ class Tenant(_Strict):
     secrets: int = Field(1, ge=0, le=8, description="canary phrases planted in each user's private context")
     adapter: str | None = Field(None, description="adapter role ('adapter-1', 'adapter-2') or a model name")
     cache_salt: str | None = None
+    api_key_env: str | None = Field(None, description="environment variable holding this tenant's own API key "
+                                    "(sent as `Authorization: Bearer`; the key itself is never written down)")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers on this tenant's requests "
+                                    "(e.g. a gateway's tenant header); `${VAR}` in a value is read from the "
+                                    "environment")
 
 
 class User(_Strict):
@@ -84,6 +89,16 @@ class Schedule(_Strict):
     concurrency: int = Field(8, ge=1, le=4096)
     interleaving: Literal["lockstep", "random", "burst"] = "random"
     seed: int = 0
+    leaders_first: bool = Field(False, description=(
+        "burst only: of the users that share a cache domain and a prompt start, the first goes at once and "
+        "the others once it has completed, so every same-domain cache hit has a source that observably "
+        "reached the cache first (docs/design.md, \"Cache accounting (black-box)\"); domains still overlap"))
+
+    @model_validator(mode="after")
+    def _leaders_need_burst(self) -> Schedule:
+        if self.leaders_first and self.interleaving != "burst":
+            raise ValueError("leaders_first applies to interleaving: burst only")
+        return self
 
 
 class Adversary(_Strict):
@@ -115,6 +130,16 @@ class Scenario(_Strict):
     adversary: Adversary | None = None
     fishing: bool = Field(False, description="end each user's first turn with the first words of another "
                           "tenant's canary, so a copying model completes it only if that context leaked")
+    nemesis: list[str] = Field(default_factory=list, description=(
+        "nemeses acting while this scenario runs (harness.nemesis.NEMESES: memory-pressure, cache-reset, "
+        "adapter-churn, restart), besides those of `harness run --nemesis`"))
+
+    @model_validator(mode="after")
+    def _known_nemeses(self) -> Scenario:
+        from harness.nemesis import parse_nemeses
+
+        parse_nemeses(self.nemesis)  # a ValueError naming the unknown one
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:

@@ -28,6 +28,7 @@ def unregister(name: str) -> None:
 
 register("vllm", "harness.stacks.vllm:EmbeddedServer")
 register("llama-cpp", "harness.stacks.llamacpp:LlamaCppServer")
+register("vllm-fleet", "harness.stacks.fleet:FleetStack")
 
 STACKS: tuple[str, ...] = tuple(_REGISTRY)
 """The stacks the harness ships with (`--stack`); `stack_names()` includes later registrations."""

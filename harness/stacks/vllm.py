@@ -30,6 +30,10 @@ class EmbeddedServer(OwnedProcess):
     model_dir: Path | None = None
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
     extra_args: list[str] = field(default_factory=list)
+    """More server options, after (and so overriding) the defaults above: e.g. the small KV cache of
+    the memory-pressure nemesis (`harness.nemesis.memory_pressure.SERVER_ARGS`)."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """More environment for the server, e.g. `VLLM_ALLOW_RUNTIME_LORA_UPDATING` for adapter churn."""
     python: str = sys.executable
 
     def prepare(self) -> None:
@@ -65,6 +69,7 @@ class EmbeddedServer(OwnedProcess):
     def environment(self) -> dict[str, str]:
         env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", PYTHONUNBUFFERED="1")
         env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        env.update(self.extra_env)
         return env
 
 

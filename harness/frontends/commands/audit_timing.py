@@ -9,6 +9,7 @@ distributions) into the report folder. Exit codes 0 PASS / 1 FAIL / 2 UNKNOWN or
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.console import Console
 from harness.audit.stats import ARMS, Look, SequentialPlan, fewest_probes
 from harness.audit.timing import POLICIES, AuditConfig, AuditResult, audit, describe
 from harness.frontends.cli import command
-from harness.stacks import make_stack
+from harness.stacks import make_stack, stack_names
 from harness.stacks.process import LaunchError
 from harness.verdict import Verdict
 
@@ -30,6 +31,9 @@ _LABELS = {"probe": "probe (victim's prompt)", "control": "control (own prompt, 
 
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="base URL (default: start the embedded vLLM server)")
+    p.add_argument("--stack", choices=stack_names(), default="vllm",
+                   help="without --target: the stack to launch, e.g. vllm-fleet (replicas behind vllm-router: the "
+                   "audit runs through the router; $HARNESS_FLEET_REPLICAS, $HARNESS_FLEET_POLICY)")
     p.add_argument("--policy", choices=POLICIES, default="salted",
                    help="salted: each tenant its own cache salt (a leak is a FAIL); shared-prefix: no salts "
                         "(the measurement is a finding)")
@@ -86,12 +90,16 @@ def plot(result: AuditResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(result: AuditResult, report_dir: Path) -> tuple[Path, Path]:
-    """audit.json and audit-timing.png in `report_dir`."""
+def write_report(result: AuditResult, report_dir: Path) -> tuple[Path, Path | None]:
+    """audit.json and audit-timing.png in `report_dir` (no PNG, None, where matplotlib, the `plot`
+    extra, is not installed: the report stands without it)."""
     report_dir.mkdir(parents=True, exist_ok=True)
     json_path = report_dir / "audit.json"
     json_path.write_text(json.dumps(result.to_dict(), indent=2))
     png_path = report_dir / "audit-timing.png"
+    png_path.unlink(missing_ok=True)
+    if importlib.util.find_spec("matplotlib") is None:
+        return json_path, None
     plot(result, png_path)
     return json_path, png_path
 
@@ -113,8 +121,8 @@ def audit_timing(args: argparse.Namespace) -> int:
         target = args.target
         if target is None:
             try:
-                console.print("starting the embedded vLLM server ...")
-                server = make_stack(None, "vllm")
+                server = make_stack(None, args.stack)
+                console.print(f"starting the {server.NAME} ...")
                 stack.callback(server.stop)
                 target = server.start()
             except LaunchError as exc:
@@ -157,5 +165,6 @@ def audit_timing(args: argparse.Namespace) -> int:
         console.print(f"  note: {n}")
     verdict = result.verdict
     colour = {Verdict.PASS: "green", Verdict.FAIL: "red", Verdict.UNKNOWN: "yellow"}[verdict]
-    console.print(f"[bold {colour}]{verdict.value.upper()}[/]  report: {json_path}  plot: {png_path}")
+    drawn = png_path or "not drawn (matplotlib is not installed: the `plot` extra)"
+    console.print(f"[bold {colour}]{verdict.value.upper()}[/]  report: {json_path}  plot: {drawn}")
     return verdict.exit_code

@@ -120,7 +120,7 @@ def explore_cmd(args: argparse.Namespace) -> int:
                       f"{max(u.turns for u in f.scenario.users)} turn(s))")
         for v in f.violations[:3]:
             console.print(f"  violation {v}", highlight=False)
-        console.print(f"  reproducer: {f.report_dir}/reproducers   replay: harness replay {f.path}")
+        console.print(f"  reproducer: {f.report_dir}/reproducers   replay: kvbleed replay {f.path}")
     if not result.found:
         console.print("[green]no violation found[/]" if result.exit_code == 0 else
                       "[yellow]no violation found, but not every example PASSed (UNKNOWN)[/]")

@@ -1,6 +1,7 @@
 """`harness run`: drive the scenario library against a target and report PASS / FAIL / UNKNOWN.
 
-Settings come from the flags, then a configuration file (`--config FILE`, else `isolation.toml`,
+Settings come from the flags, then the environment (HARNESS_TARGET, HARNESS_POLICY,
+HARNESS_REPORT_DIR, HARNESS_API_KEY), then a configuration file (`--config FILE`, else `isolation.toml`,
 else `[tool.harness]` in `pyproject.toml`, see `harness.frontends.config`), then the defaults below.
 """
 
@@ -8,14 +9,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from harness.checks.compare import DEFAULT_TOLERANCE
+from harness.client.connection import CredentialError
 from harness.frontends.cli import command
-from harness.frontends.config import RUN_DEFAULTS, ConfigError, load_config, merge
-from harness.frontends.runs import RunConfig, run_isolation
-from harness.stacks import STACKS
+from harness.frontends.config import RUN_DEFAULTS, ConfigError, FileConfig, load_config, merge
+from harness.frontends.runs import RunConfig, run_files, run_isolation
+from harness.frontends.target_args import add_target_args, connection_from
+from harness.nemesis import NEMESES, NemesisError, parse_nemeses
+from harness.nemesis.server import check_target, embedded_options
+from harness.stacks import STACKS, make_stack
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -26,7 +32,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    "its [tool.harness] table; default: ./isolation.toml, else [tool.harness] in "
                    "./pyproject.toml, if present). Flags override the file")
     p.add_argument("--target", default=None, help="base URL of an OpenAI-compatible server "
-                   "(default: start the embedded vLLM server)")
+                   "(default: $HARNESS_TARGET, else start the embedded vLLM server)")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="the base model under test (default: the first model the target lists that is not an "
+                   "adapter); tenants' adapters are resolved among its adapters")
+    p.add_argument("--gateway-salts", action="store_true", default=None,
+                   help="a gateway in front of the target sets each tenant's cache salt from its key: cache "
+                   "domains are taken from tenant identities (give each tenant its key: tenants.NAME.api_key_env)")
     p.add_argument("--stack", choices=STACKS, default=None,
                    help="without --target: the server to launch, vllm (default) or llama-cpp (needs `make llama-cpp`)")
     p.add_argument("--scenario", action="append", type=Path, default=None, metavar="FILE_OR_DIR",
@@ -47,13 +59,24 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-solo", action="store_true", default=None, help="skip the solo (cache transparency) replay")
     p.add_argument("--no-counterfactual", action="store_true", default=None,
                    help="skip the counterfactual re-runs")
+    p.add_argument("--replay-incidents", action="store_true", default=None,
+                   help="with --target: when the server dies, drops connections, times out or answers 5xx, replay "
+                   "the requests that were in flight (once it answers again) and bisect them to the smallest group "
+                   "that does it; without it such an incident is UNKNOWN (a server the harness launched is always "
+                   "restarted and replayed)")
+    p.add_argument("--nemesis", default=None, metavar="NAME[,NAME]",
+                   help="disturb the server while clients run: " + "; ".join(f"{n}: {d}" for n, d in NEMESES.items())
+                   + " (README, \"Nemeses\")")
+    add_target_args(p)
 
 
-def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's settings: flags over the configuration file over RUN_DEFAULTS (raises ConfigError)."""
-    file = load_config(getattr(args, "config", None))
-    if file.source is not None:
-        print(f"config: {file.source}", file=sys.stderr)
+def settings(args: argparse.Namespace, file: FileConfig | None = None) -> dict[str, Any]:
+    """The run's settings: flags over the environment over the configuration file over
+    RUN_DEFAULTS (raises ConfigError)."""
+    if file is None:
+        file = load_config(getattr(args, "config", None))
+        if file.source is not None:
+            print(f"config: {file.source}", file=sys.stderr)
     return merge({k: getattr(args, k, None) for k in RUN_DEFAULTS}, file)
 
 
@@ -61,12 +84,28 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run isolation scenarios against a target; exit 0 PASS, 1 FAIL, 2 UNKNOWN or error."""
     try:
-        s = settings(args)
-    except ConfigError as exc:
+        file = load_config(getattr(args, "config", None))
+        if file.source is not None:
+            print(f"config: {file.source}", file=sys.stderr)
+        s = settings(args, file)
+        conn = connection_from(args, file.values)
+    except (ConfigError, CredentialError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = RunConfig(target=s["target"], scenario_paths=s["scenario"], report_dir=s["report_dir"], seed=s["seed"],
                     policy=s["policy"], tolerance=s["tolerance"], timeout_s=s["timeout"],
                     counterfactual=not s["no_counterfactual"], known_findings=s["known_findings"],
-                    solo=not s["no_solo"], stack=s["stack"])
-    return run_isolation(cfg).exit_code
+                    solo=not s["no_solo"], stack=s["stack"], connection=conn, model=s["model"],
+                    gateway_salts=bool(s["gateway_salts"]), allow_disruptive=conn.allow_disruptive,
+                    replay_incidents=bool(s["replay_incidents"]))
+    try:
+        names = parse_nemeses(s["nemesis"])
+        check_target(names, cfg.target, cfg.stack)
+    except NemesisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not names:
+        return run_isolation(cfg).exit_code
+    stack = make_stack(cfg.target, cfg.stack, **({} if cfg.target or cfg.stack != "vllm" else embedded_options(names)))
+    return run_files(list(cfg.scenario_paths), stack, replace(cfg.options(), nemesis=names), Path(cfg.report_dir),
+                     cfg.known_findings).exit_code

@@ -43,11 +43,14 @@ from harness.probe.capabilities import Capabilities, ProbeError
 from harness.probe.needs import offered, probe_target
 from harness.reporters.html_selftest import write_selftest_html
 from harness.result import RunResult
+from harness.scenario.library import library_path
+from harness.stacks import make_stack, stack_names
+from harness.stacks.base import Stack
 from harness.stacks.external import ExternalStack
 from harness.stacks.vllm import EmbeddedServer, LaunchError
 from harness.verdict import Verdict
 
-LIBRARY = Path(__file__).resolve().parents[3] / "scenarios"
+LIBRARY = library_path()
 
 
 def check_needs() -> dict[str, tuple[str, ...]]:
@@ -81,6 +84,8 @@ def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str
     spec = get(name)
     needs_of = check_needs()
     failed = [c for c, v in checks.items() if v == "fail"]
+    if spec.kind == "blind":
+        return judge_blind(name, checks, run_verdict, injections)
     if spec.kind == "fault":
         showing = set(audit_checks) | set(failed if cited is None else cited)
         own = [c for c in failed if c in showing and (c in spec.detectors or not spec.detectors)]
@@ -123,10 +128,35 @@ def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str
     return Judgement(True, run_verdict, "")
 
 
+def judge_blind(name: str, checks: dict[str, str], run_verdict: str, injections: int | None) -> Judgement:
+    """A blinding fault hides what a check needs: good only when something was hidden (injections >
+    0, when counted), the run is UNKNOWN and one of the fault's own detectors is UNKNOWN. A PASS
+    means the run claimed what it could not see; a FAIL blames the server for the harness's blindness."""
+    spec = get(name)
+    if injections == 0:
+        return Judgement(False, run_verdict, "never injected: nothing was hidden")
+    blinded = [c for c in spec.detectors if checks.get(c) == "unknown"]
+    if run_verdict == "unknown" and blinded:
+        return Judgement(True, run_verdict, f"failed closed: {', '.join(blinded)} UNKNOWN")
+    got = ", ".join(f"{c} {checks.get(c, 'absent')}" for c in spec.detectors)
+    return Judgement(False, run_verdict, f"expected UNKNOWN from {', '.join(spec.detectors)}, got run verdict "
+                     f"{run_verdict.upper()} ({got})")
+
+
+def scenarios_for(name: str, selected: Iterable[str]) -> list[str]:
+    """The scenarios a row runs: its own, and for a control that covers every scenario
+    (`Fault.controls_every_scenario`) each selected fault's scenarios too."""
+    spec = get(name)
+    own = list(spec.scenarios)
+    if spec.kind != "benign" or not spec.controls_every_scenario:
+        return own
+    return list(dict.fromkeys([*own, *(s for f in selected if get(f).kind != "benign" for s in get(f).scenarios)]))
+
+
 def overall_ok(judgements: dict[str, Judgement]) -> bool:
     """Every row good, and where faults were run at least one of them was applicable (a target on
     which nothing can be shown must not pass the selftest)."""
-    faults = [name for name in judgements if get(name).kind == "fault"]
+    faults = [name for name in judgements if get(base_fault(name)).kind == "fault"]
     return all(j.good for j in judgements.values()) and (not faults or any(judgements[f].applicable for f in faults))
 
 
@@ -142,28 +172,59 @@ def _timing_checks(target: str, fault: str, seed: int) -> dict[str, str]:
     return {c.name: c.verdict.value for c in result.checks}
 
 
-def citing_checks(result: RunResult) -> list[str]:
-    """The FAILed checks with a violation that names an operation the fault proxy changed."""
-    injected = {e.op_id for e in result.history.events if isinstance(e, FaultInjection) and e.op_id}
+def base_fault(row: str) -> str:
+    """The fault a selftest row is about: "flip" for the row "flip+drift" (flip over a benign control)."""
+    return row.split("+", 1)[0]
+
+
+def citing_checks(result: RunResult, fault: str | None = None) -> list[str]:
+    """The FAILed checks with a violation that names an operation the fault proxy changed (only
+    `fault`'s injections, when given: a benign control underneath changes operations too)."""
+    injected = {e.op_id for e in result.history.events
+                if isinstance(e, FaultInjection) and e.op_id and (fault is None or e.fault == fault)}
     return [r.name for r in result.checks
             if r.verdict is Verdict.FAIL and any(set(v.op_ids) & injected for v in r.violations)]
 
 
-def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int) -> tuple[RunResult, int]:
-    """One fault's run: its scenarios through `FaultedStack` and the engine, reports written to
-    `out_dir`; the result and how many injections it recorded."""
-    stack = FaultedStack(ExternalStack(target), name, rate=1.0, seed=seed)
-    result = run_files([scenarios / s for s in get(name).scenarios], stack, RunOptions(), out_dir,
+def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int,
+              files: list[str] | None = None, under: str | None = None,
+              base: Stack | None = None, nemesis: tuple[str, ...] = (),
+              adapter_sources: dict[str, Path] | None = None) -> tuple[RunResult, int]:
+    """One fault's run: its scenarios (or `files`) through `FaultedStack` and the engine, reports
+    written to `out_dir`; the result and how many injections of `name` it recorded. With `under`,
+    a benign fault's proxy sits between the fault's proxy and the target (the target's own
+    behaviour, e.g. `drift`'s nondeterminism), and the fault must still be detected through it.
+    With `nemesis`, those nemeses act on the server during the run (`harness selftest --nemesis`)."""
+    inner: Stack = base if base is not None else ExternalStack(target)  # base: a launched fleet (its replicas)
+    if under is not None and under != name:
+        inner = FaultedStack(inner, under, rate=1.0, seed=seed)
+    stack = FaultedStack(inner, name, rate=1.0, seed=seed)
+    # Replays of incidents are opted in: the proxy in front is the selftest's own, and an availability
+    # fault is detected only through the incident rule's replays (`harness.incidents`).
+    chosen = files if files is not None else get(name).scenarios
+    # Asking for a nemesis is consent to its disruptive acts (cache resets) on a target not launched here.
+    options = RunOptions(replay_incidents=True, nemesis=nemesis, adapter_sources=adapter_sources,
+                         allow_disruptive=bool(nemesis))
+    result = run_files([scenarios / s for s in chosen], stack, options, out_dir,
                        console=Console(stderr=True, quiet=True))
-    return result, sum(isinstance(e, FaultInjection) for e in result.history.events)
+    return result, sum(isinstance(e, FaultInjection) and e.fault == name for e in result.history.events)
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="base URL (default: start the embedded vLLM server)")
+    p.add_argument("--stack", choices=stack_names(), default="vllm",
+                   help="without --target: the stack to launch; vllm-fleet runs every fault through the router "
+                   "in front of the replicas (salt-drop there is the router forgetting the salt)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/selftest"))
     p.add_argument("--fault", action="append", default=None, help="only these faults (repeatable)")
     p.add_argument("--scenarios", type=Path, default=LIBRARY, help="scenario folder (default: the library)")
     p.add_argument("--seed", type=int, default=0, help="the proxy's fault RNG seed")
+    p.add_argument("--with", dest="under", default=None, metavar="BENIGN",
+                   help="run every fault over this benign control (e.g. drift: a nondeterministic target); "
+                   "rows are named FAULT+BENIGN")
+    p.add_argument("--nemesis", default=None, metavar="NAME[,NAME]",
+                   help="the fault x nemesis matrix: every fault (and benign control) again under each nemesis, "
+                   "on an embedded server launched for each (README, \"Nemeses\"); --no-timing implied")
     p.add_argument("--no-timing", action="store_true",
                    help="skip the timing audit (run through "
                    f"{', '.join(f.name for f in all_faults() if f.timing_audit)}; about a minute each)")
@@ -188,13 +249,29 @@ def selftest(args: argparse.Namespace) -> int:
     if unknown:
         console.print(f"error: unknown fault(s) {unknown}; known: {sorted(known)}")
         return 2
+    if getattr(args, "nemesis", None):
+        from harness.frontends.selftest_nemesis import nemesis_matrix
+
+        return nemesis_matrix(args, faults, console)
+    under = args.under
+    if under is not None and (under not in known or get(under).kind != "benign"):
+        console.print(f"error: --with needs a benign control; known: "
+                      f"{sorted(f.name for f in all_faults('benign'))}")
+        return 2
     rows: dict[str, dict[str, Any]] = {}
     judgements: dict[str, Judgement] = {}
     with ExitStack() as stack:
         target = args.target
+        fleet: Stack | None = None
         if target is None:
             try:
-                target = stack.enter_context(EmbeddedServer()).base_url
+                if args.stack == "vllm":
+                    target = stack.enter_context(EmbeddedServer()).base_url
+                else:
+                    launched = make_stack(None, args.stack)
+                    stack.callback(launched.stop)
+                    target = launched.start()
+                    fleet = launched if launched.traits.replicas > 1 else None
             except LaunchError as exc:
                 console.print(f"error: {exc}")
                 return 2
@@ -209,8 +286,10 @@ def selftest(args: argparse.Namespace) -> int:
             console.print(f"[yellow]target lacks {n}[/]: {why}")
         for name in faults:
             spec = get(name)
-            console.print(f"[bold]{name}[/] ({spec.kind}) ...")
-            out, injected = run_fault(name, target, args.scenarios, args.report_dir / name, args.seed)
+            row = name if under in (None, name) else f"{name}+{under}"
+            console.print(f"[bold]{row}[/] ({spec.kind}) ...")
+            out, injected = run_fault(name, target, args.scenarios, args.report_dir / row, args.seed,
+                                      scenarios_for(name, faults), under=under, base=fleet)
             checks = {r.name: r.verdict.value for r in out.checks}
             timing: dict[str, str] = {}
             notes: list[str] = []
@@ -222,10 +301,10 @@ def selftest(args: argparse.Namespace) -> int:
                     timing = _timing_checks(target, name, args.seed)
                     checks.update(timing)
             j = judge(name, checks, out.verdict.value, lacking, audit_checks=timing, injections=injected,
-                      error=out.error, skipped=out.skipped or None, cited=citing_checks(out))
-            judgements[name] = j
+                      error=out.error, skipped=out.skipped or None, cited=citing_checks(out, name))
+            judgements[row] = j
             needs = [n.value for n in spec.needs]
-            rows[name] = {
+            rows[row] = {
                 "kind": spec.kind, "verdict": j.verdict, "run_verdict": out.verdict.value, "good": j.good,
                 "applicable": j.applicable, "reason": "; ".join(x for x in [j.reason, *notes] if x),
                 "needs": needs, "lacking": [n for n in needs if n in lacking],

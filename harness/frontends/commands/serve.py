@@ -8,6 +8,7 @@ once; it offers none of those cache observations (see docs/llamacpp.md).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from harness.frontends.cli import command
 from harness.stacks import make_stack, stack_names
+from harness.stacks.fleet import FleetStack
 from harness.stacks.process import LaunchError, OwnedProcess
 
 
@@ -29,6 +31,15 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for health")
     p.add_argument("--gguf", type=Path, default=None,
                    help="llama-cpp only: a GGUF file (default: convert the model folder once, cached)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="vllm only: require this API key on /v1 requests (vLLM's own --api-key; default: "
+                   "$HARNESS_SERVE_API_KEY, else none)")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="vllm-fleet only: embedded vLLM replicas behind the router (default: $HARNESS_FLEET_REPLICAS, "
+                   "else 2); --port is the router's")
+    p.add_argument("--router-policy", default=None, metavar="POLICY",
+                   help="vllm-fleet only: the router's --policy, e.g. cache_aware (default), kv_aware, round_robin "
+                   "(default: $HARNESS_FLEET_POLICY)")
     p.add_argument("--no-interrupt-requests", action="store_true",
                    help="llama-cpp only: turn off llama-cpp-python's default of cutting a running stream short "
                         "when another request waits (a cross-tenant finding, docs/llamacpp.md)")
@@ -39,13 +50,28 @@ def serve(args: argparse.Namespace) -> int:
     """Start an embedded server: vLLM (default) or llama.cpp on the same model."""
     options: dict[str, Any] = dict(model_dir=args.model_dir, port=args.port, log_path=args.log,
                                    startup_timeout_s=args.startup_timeout, host=args.host)
-    if args.stack == "llama-cpp":
+    api_key = args.api_key or os.environ.get("HARNESS_SERVE_API_KEY") or None
+    if (args.replicas is not None or args.router_policy is not None) and args.stack != "vllm-fleet":
+        print("error: --replicas and --router-policy apply to --stack vllm-fleet only", file=sys.stderr)
+        return 2
+    if args.stack == "vllm-fleet":
+        if api_key or args.gguf is not None or args.no_interrupt_requests:
+            print("error: --api-key, --gguf and --no-interrupt-requests do not apply to --stack vllm-fleet",
+                  file=sys.stderr)
+            return 2
+        options.update(replicas=args.replicas, router_policy=args.router_policy)
+    elif args.stack == "llama-cpp":
+        if api_key:
+            print("error: --api-key applies to --stack vllm only", file=sys.stderr)
+            return 2
         options.update(gguf=args.gguf, interrupt_requests=False if args.no_interrupt_requests else None)
     elif args.gguf is not None or args.no_interrupt_requests:
         print("error: --gguf and --no-interrupt-requests apply to --stack llama-cpp only", file=sys.stderr)
         return 2
+    elif api_key:
+        options.update(extra_env={"VLLM_API_KEY": api_key})  # not on the command line: no other user sees it
     server = make_stack(None, args.stack, **options)
-    assert isinstance(server, OwnedProcess), "serve runs the stacks the harness launches"
+    assert isinstance(server, OwnedProcess | FleetStack), "serve runs the stacks the harness launches"
     name = server.NAME
     print(f"starting {name} on {args.host}:{args.port} (log: {args.log or '.cache/logs/'}) ...", flush=True)
     # SIGTERM becomes KeyboardInterrupt from the start, so a SIGTERM at any point (during start-up,

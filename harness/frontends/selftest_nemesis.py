@@ -1,0 +1,108 @@
+"""`harness selftest --nemesis NAME[,NAME]`: the fault x nemesis matrix.
+
+Each nemesis gets a column: an embedded vLLM server launched with what that nemesis needs
+(`harness.nemesis.server.embedded_options`), every fault and benign control run through the fault
+proxy in front of it while the nemesis acts (`run_fault(..., nemesis=...)`), each row judged as
+the plain selftest judges it (`judge`: a fault must be detected by its own detectors citing an
+injected request; a benign control must PASS). A column counts only when the nemesis really acted
+in every row (the `nemesis` check PASSed): a disturbance that never happened shows nothing.
+Exit 0 only when every cell is good. The matrix is written to `selftest-nemesis.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.client import TargetClient
+from harness.frontends.commands.selftest import citing_checks, judge, run_fault
+from harness.nemesis import NemesisError, parse_nemeses
+from harness.nemesis.runner import embedded_adapters
+from harness.nemesis.server import embedded_options
+from harness.probe.capabilities import Capabilities, ProbeError
+from harness.probe.needs import offered, probe_target
+from harness.stacks.vllm import EmbeddedServer, LaunchError
+
+
+def nemesis_matrix(args: argparse.Namespace, faults: list[str], console: Console) -> int:
+    """Run `faults` under each nemesis of `args.nemesis`; print and save the matrix; 0 when all good."""
+    try:
+        names = parse_nemeses(args.nemesis)
+    except NemesisError as exc:
+        console.print(f"error: {exc}")
+        return 2
+    if args.target is not None or args.stack != "vllm":
+        console.print("error: the nemesis matrix launches an embedded vLLM server per nemesis; drop --target/--stack")
+        return 2
+    cells: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in names}
+    for nemesis in names:
+        console.print(f"[bold]nemesis {nemesis}[/]: starting the embedded server ...")
+        try:
+            with EmbeddedServer(**embedded_options((nemesis,))) as server:
+                caps = asyncio.run(_probe(server.base_url))
+                lacking = {n: why for n, why in offered(caps).items() if why is not None}
+                for fault in faults:
+                    console.print(f"[bold]{fault}[/] under {nemesis} ...")
+                    cells[nemesis][fault] = _cell(args, fault, nemesis, server, lacking)
+        except (LaunchError, ProbeError) as exc:
+            console.print(f"error: {exc}")
+            return 2
+    ok = all(c["good"] for col in cells.values() for c in col.values())
+    _print(cells, faults, console)
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    out = args.report_dir / "selftest-nemesis.json"
+    out.write_text(json.dumps({"ok": ok, "nemeses": list(names), "faults": faults, "cells": cells}, indent=2))
+    console.print(f"matrix: {out}")
+    return 0 if ok else 1
+
+
+async def _probe(target: str) -> Capabilities:
+    async with TargetClient(target) as client:
+        return await probe_target(client)
+
+
+def _cell(args: argparse.Namespace, fault: str, nemesis: str, server: EmbeddedServer,
+          lacking: dict[str, str]) -> dict[str, Any]:
+    """One fault under one nemesis: the row's judgement, and whether the nemesis acted."""
+    out, injected = run_fault(fault, server.base_url, args.scenarios, args.report_dir / nemesis / fault, args.seed,
+                              base=server, nemesis=(nemesis,), adapter_sources=embedded_adapters(server))
+    checks = {r.name: r.verdict.value for r in out.checks}
+    j = judge(fault, checks, out.verdict.value, lacking, injections=injected, error=out.error,
+              skipped=out.skipped or None, cited=citing_checks(out))
+    acted = out.check("nemesis")
+    evidence = dict(acted.evidence) if acted is not None else {}
+    good, reason = j.good, j.reason
+    if acted is None or acted.verdict.value != "pass":
+        good = False
+        reason = "; ".join(x for x in [reason, f"the nemesis did not act: {'; '.join(acted.notes) if acted else ''}"]
+                           if x)
+    return {"good": good, "verdict": j.verdict, "run_verdict": out.verdict.value, "applicable": j.applicable,
+            "reason": reason, "injections": injected, "requests": out.meta.requests,
+            "duration_s": out.meta.duration_s, "checks": checks, "nemesis_evidence": evidence}
+
+
+def _print(cells: dict[str, dict[str, dict[str, Any]]], faults: list[str], console: Console) -> None:
+    table = Table(title="selftest: fault x nemesis (detected / PASS = good; the nemesis acted in every cell shown)")
+    table.add_column("fault", no_wrap=True)
+    for nemesis in cells:
+        table.add_column(nemesis, no_wrap=True)
+    for fault in faults:
+        row = []
+        for col in cells.values():
+            c = col.get(fault)
+            if c is None:
+                row.append("-")
+                continue
+            colour = "[green]" if c["good"] else "[red]"
+            row.append(f"{colour}{c['verdict'].upper()}[/] ({c['duration_s']:.0f} s)")
+        table.add_row(fault, *row)
+    console.print(table)
+    for nemesis, col in cells.items():
+        for fault, c in col.items():
+            if not c["good"]:
+                console.print(f"[red]{fault} under {nemesis}[/]: {c['reason']}")
