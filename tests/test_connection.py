@@ -206,3 +206,21 @@ def test_readme_gateway_settings_use_only_known_keys(tmp_path: Path) -> None:
     assert block is not None
     values = parse_table(tomllib.loads(block.group(1)), "README", tmp_path)
     assert values["gateway_salts"] is True and set(values["tenants"]) == {"acme", "globex"}
+
+
+def test_a_refused_reset_is_not_a_reset() -> None:
+    """vLLM answers 200 with {"success": false} when it refuses a reset (blocks still held): a solo
+    replay that relied on it would run warm, so it must read as no reset."""
+
+    def answer(body: object) -> bool:
+        def handler(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, json=body) if body is not None else httpx.Response(200)
+
+        async def go() -> bool:
+            async with TargetClient("http://target.invalid", transport=httpx.MockTransport(handler),
+                                    connection=Connection(allow_disruptive=True)) as c:
+                return await c.reset_prefix_cache()
+        return asyncio.run(go())
+
+    assert answer({"success": False}) is False
+    assert answer({"success": True}) is True and answer(None) is True

@@ -317,7 +317,7 @@ def test_guide_toml_snippets_use_only_known_keys() -> None:
 def test_guide_commands_parse_with_the_real_cli() -> None:
     parser = build_parser()
     lines = [ln.strip() for b in _blocks("sh") for ln in b.replace("\\\n", " ").splitlines()]
-    runs = [shlex.split(ln.split("harness ", 1)[1]) for ln in lines if re.match(r"^(\S+=\S+ )*harness run", ln)]
+    runs = [shlex.split(ln.split("kvbleed ", 1)[1]) for ln in lines if re.match(r"^(\S+=\S+ )*kvbleed run", ln)]
     assert runs
     for argv in runs:
         parser.parse_args(argv)

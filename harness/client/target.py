@@ -262,7 +262,14 @@ class TargetClient:
             resp = await self._http.post("/reset_prefix_cache")
         except httpx.HTTPError:
             return False
-        return resp.status_code == 200
+        if resp.status_code != 200:
+            return False
+        try:
+            body = resp.json()
+        except ValueError:
+            return True  # a bare 200: the reset was done
+        # vLLM answers 200 with {"success": false} when it refuses (blocks still held): not a reset.
+        return not (isinstance(body, dict) and body.get("success") is False)
 
 
 def _over(base: dict[str, str], own: dict[str, str]) -> dict[str, str]:

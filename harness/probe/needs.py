@@ -19,8 +19,8 @@ async def probe_target(client: TargetClient) -> Capabilities:
     """The capability probe as a run takes it. Salts leave the shared cache alone; only a target
     without working salts gets its cache reset (to verify the reset fallback of the solo oracle)."""
     caps = await probe(client, allow_reset=False)
-    if not caps.cache_salt_effective.available:
-        caps = await probe(client, allow_reset=True)
+    if not caps.cache_salt_effective.available and client.connection.allow_disruptive:
+        caps = await probe(client, allow_reset=True)  # a reset disturbs everyone: only where allowed
     return caps
 
 
