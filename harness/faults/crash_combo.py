@@ -116,9 +116,7 @@ class CrashCombo(Fault):
             if call.request.transport is not None:
                 call.request.transport.close()
             return cap
-        raw = json.dumps(BODY).encode()
-        return Captured(500, "Internal Server Error", [("Content-Type", "application/json")], raw, False,
-                        payloads=[BODY])
+        return Captured.error(500, "Internal Server Error", BODY)
 
     def _forget(self, me: _Carrier) -> None:
         """Drop carriers that ended before every live one began (they can overlap nothing new)."""

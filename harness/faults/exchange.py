@@ -68,6 +68,12 @@ class Captured:
     """A stream ended with `data: [DONE]`."""
     modified: bool = False
 
+    @classmethod
+    def error(cls, status: int, reason: str, body: dict[str, Any]) -> Captured:
+        """A JSON error answer made by a fault instead of the server's."""
+        return cls(status, reason, [("Content-Type", "application/json")], json.dumps(body).encode(), False,
+                   payloads=[body])
+
     @property
     def usable(self) -> bool:
         """A complete, successful, parsed response (the only kind faults edit or reuse)."""

@@ -7,8 +7,6 @@ has not shown what it claims and is UNKNOWN, never PASS and never blamed on a te
 
 from __future__ import annotations
 
-import json
-
 from harness.faults.base import Fault, register
 from harness.faults.exchange import Call, Captured
 
@@ -31,6 +29,4 @@ class Flaky(Fault):
         if not call.endpoint or not self.ctx.draw() or self.ctx.rng.random() >= SHARE:
             return None
         self.ctx.record(call, "answered HTTP 503 (overload)")
-        raw = json.dumps(BODY).encode()
-        return Captured(503, "Service Unavailable", [("Content-Type", "application/json")], raw, False,
-                        payloads=[BODY])
+        return Captured.error(503, "Service Unavailable", BODY)

@@ -7,8 +7,6 @@ that a known finding scoped to one status (HTTP 500 on one field) absorbs nothin
 
 from __future__ import annotations
 
-import json
-
 from harness.faults.base import Fault, register
 from harness.faults.exchange import Call, Captured
 from harness.history.record import Role
@@ -33,6 +31,4 @@ class Hostile5xx(Fault):
         if not self.ctx.draw():
             return None
         self.ctx.record(call, "answered HTTP 503")
-        raw = json.dumps(BODY).encode()
-        return Captured(503, "Service Unavailable", [("Content-Type", "application/json")], raw, False,
-                        payloads=[BODY])
+        return Captured.error(503, "Service Unavailable", BODY)

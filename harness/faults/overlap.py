@@ -72,7 +72,13 @@ class LiveCalls:
 
 class HoldsHostile(Fault):
     """Base of the victim-harm faults that act on a victim's response: tracks the calls in flight
-    (`self._live`) and keeps each hostile request in flight `HOLD_S` longer (the batch it wedges)."""
+    (`self._live`) and keeps each hostile request in flight `HOLD_S` longer (the batch it wedges);
+    `harms` says which victim responses to act on."""
+
+    detected_by = "availability (harm to another tenant, reproduced by replaying the overlapping pair)"
+    detectors = ("availability",)
+    scenarios = ("adversarial-tenant.yaml",)
+    edits_response = True
 
     def __init__(self, ctx: FaultContext) -> None:
         super().__init__(ctx)
@@ -83,3 +89,9 @@ class HoldsHostile(Fault):
         if hostile(call):
             await asyncio.sleep(HOLD_S)  # the fault itself: the hostile request's batch stays busy
         return None
+
+    def harms(self, call: Call) -> bool:
+        """Ends `call`'s tracking; True for another tenant's call that overlapped a hostile one,
+        when the seeded coin says so."""
+        overlapped, _ = self._live.leave(call)
+        return not hostile(call) and overlapped and self.ctx.draw()

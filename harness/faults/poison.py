@@ -58,8 +58,7 @@ class PoisonRequest(Fault):
         self._live.leave(call)
         lost = self._live.doom_all(but=call)
         self.ctx.record(call, f"crash: answered HTTP 500 and dropped the {lost} other request(s) in flight")
-        return Captured(500, "Internal Server Error", [("Content-Type", "application/json")],
-                        json.dumps(BODY).encode(), False, payloads=[BODY])
+        return Captured.error(500, "Internal Server Error", BODY)
 
     async def on_response(self, call: Call, cap: Captured) -> Captured:
         _, doomed = self._live.leave(call)

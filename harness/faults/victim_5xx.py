@@ -9,11 +9,9 @@ other tenants' requests that were in flight with it fail. Harm to a victim (docs
 
 from __future__ import annotations
 
-import json
-
 from harness.faults.base import register
 from harness.faults.exchange import Call, Captured
-from harness.faults.overlap import HOLD_S, HoldsHostile, hostile
+from harness.faults.overlap import HOLD_S, HoldsHostile
 
 BODY = {"error": {"message": "injected: the batch this request shared failed", "type": "InternalServerError",
                   "code": 500}}
@@ -26,15 +24,9 @@ class Victim5xx(HoldsHostile):
                "(instead of the real answer) to every request of another tenant in flight at the same time.")
     models = ("an input that fails the whole engine step it is batched in: other tenants' requests in that batch get "
               "an internal error while the server stays up (harm to a victim).")
-    detected_by = "availability (harm to another tenant, reproduced by replaying the overlapping pair)"
-    detectors = ("availability",)
-    scenarios = ("adversarial-tenant.yaml",)
-    edits_response = True
 
     async def on_response(self, call: Call, cap: Captured) -> Captured:
-        overlapped, _ = self._live.leave(call)
-        if hostile(call) or not overlapped or not self.ctx.draw():
+        if not self.harms(call):
             return cap
         self.ctx.record(call, "answered HTTP 500: a hostile request was in flight with it")
-        return Captured(500, "Internal Server Error", [("Content-Type", "application/json")],
-                        json.dumps(BODY).encode(), False, payloads=[BODY])
+        return Captured.error(500, "Internal Server Error", BODY)

@@ -12,7 +12,7 @@ import asyncio
 
 from harness.faults.base import register
 from harness.faults.exchange import Call, Captured
-from harness.faults.overlap import HOLD_S, HoldsHostile, hostile
+from harness.faults.overlap import HOLD_S, HoldsHostile
 
 HANG_S = 5.0
 """How long a harmed request hangs before its connection is dropped."""
@@ -25,14 +25,9 @@ class VictimHang(HoldsHostile):
                f"every other tenant's request in flight at the same time for {HANG_S:g} s, then drops its connection.")
     models = ("an input that wedges the engine step it is batched in: other tenants' requests stall until a watchdog "
               "kills them (harm to a victim, not mere slowness: they never get an answer).")
-    detected_by = "availability (harm to another tenant, reproduced by replaying the overlapping pair)"
-    detectors = ("availability",)
-    scenarios = ("adversarial-tenant.yaml",)
-    edits_response = True
 
     async def on_response(self, call: Call, cap: Captured) -> Captured:
-        overlapped, _ = self._live.leave(call)
-        if hostile(call) or not overlapped or not self.ctx.draw():
+        if not self.harms(call):
             return cap
         self.ctx.record(call, f"held {HANG_S:g} s, then dropped: a hostile request was in flight with it")
         await asyncio.sleep(HANG_S)  # the fault itself: a stalled request, not synchronisation

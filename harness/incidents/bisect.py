@@ -14,6 +14,7 @@ reproduced; the sync and async drivers only run the replays, so both behave iden
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -79,34 +80,21 @@ def _search(group: list[int], hint: list[int]) -> Generator[list[int], bool, lis
 
 def triage(group: Sequence[T], replay: Callable[[list[T]], bool], *, hint: Sequence[int] = (),
            max_replays: int = DEFAULT_MAX_REPLAYS, attempts: int = 2) -> Triage[T]:
-    """The smallest subgroup of `group` for which `replay` (fire the subgroup concurrently; True
-    when the failure recurred) still reproduces. `hint`: positions in `group` to try right after
-    the whole group. The whole group gets up to `attempts` tries (a failure that needs overlap
-    may miss once); every narrower group one."""
-    items = list(group)
-    search = _search(list(range(len(items))), _valid(hint, len(items)))
-    spent, last, tries = 0, None, attempts
-    try:
-        proposal = next(search)
-        while True:
-            if spent >= max_replays:
-                return _result(items, last, False, spent)
-            ok = False
-            for _ in range(max(tries, 1)):
-                spent += 1
-                if replay([items[i] for i in proposal]):
-                    ok = True
-                    break
-            tries = 1
-            last = proposal if ok else last
-            proposal = search.send(ok)
-    except StopIteration as stop:
-        return _result(items, stop.value, stop.value is not None, spent)
+    """`atriage` with a plain `replay` (call it outside a running event loop): the smallest
+    subgroup of `group` for which `replay` still reproduces."""
+
+    async def areplay(subgroup: list[T]) -> bool:
+        return replay(subgroup)
+
+    return asyncio.run(atriage(group, areplay, hint=hint, max_replays=max_replays, attempts=attempts))
 
 
 async def atriage(group: Sequence[T], replay: Callable[[list[T]], Awaitable[bool]], *, hint: Sequence[int] = (),
                   max_replays: int = DEFAULT_MAX_REPLAYS, attempts: int = 2) -> Triage[T]:
-    """`triage` with an async `replay` (the same proposals in the same order)."""
+    """The smallest subgroup of `group` for which `replay` (fire the subgroup concurrently; True
+    when the failure recurred) still reproduces. `hint`: positions in `group` to try right after
+    the whole group. The whole group gets up to `attempts` tries (a failure that needs overlap
+    may miss once); every narrower group one."""
     items = list(group)
     search = _search(list(range(len(items))), _valid(hint, len(items)))
     spent, last, tries = 0, None, attempts
