@@ -9,6 +9,7 @@ PORT ?= 8000
 TARGET ?=
 REPORT_DIR ?= reports/latest
 HARNESS_ARGS ?=
+ADVERSARY_BUDGET ?=
 
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -54,7 +55,8 @@ serve: setup
 	$(HARNESS) serve --port $(PORT)
 
 isolation-check: setup
-	$(HARNESS) run $(if $(TARGET),--target $(TARGET),--known-findings known-findings.yaml) --report-dir $(REPORT_DIR) $(HARNESS_ARGS)
+	$(HARNESS) run $(if $(TARGET),--target $(TARGET),--known-findings known-findings.yaml) --report-dir $(REPORT_DIR) \
+		$(if $(ADVERSARY_BUDGET),--adversary-budget $(ADVERSARY_BUDGET)) $(HARNESS_ARGS)
 
 # The fault x nemesis matrix (README, "Nemeses"): every fault and benign control under each nemesis,
 # one embedded server per nemesis. Long (about an hour on 2 cores): outside CI and `make test`.

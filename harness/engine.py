@@ -40,7 +40,8 @@ from harness.driver.sink import MemorySink, Sink
 from harness.history.record import History, HistoryHeader, HistoryWriter, TriageReplay
 from harness.incidents import find_incidents
 from harness.incidents.triage_run import triage_incidents
-from harness.known import KnownFinding, known_violations, match_known
+from harness.known import KnownFinding, KnownOutcome, known_violations, match_known
+from harness.known_repro import recheck_known
 from harness.nemesis.runner import NemesisRunner, embedded_adapters
 from harness.plan.identity import with_identity_domains
 from harness.plan.resolve import ResolveError, select_model
@@ -52,7 +53,7 @@ from harness.scenario.io import ScenarioError
 from harness.scenario.model import Scenario
 from harness.stacks.base import Stack
 from harness.stacks.process import LaunchError
-from harness.verdict import decide
+from harness.verdict import CheckResult, decide
 
 __all__ = [
     "RunMeta",
@@ -111,6 +112,9 @@ class RunOptions:
     replay_incidents: bool = False
     """Replay the requests in flight at an incident against a target the harness does not own
     (`--replay-incidents`; an owned server is always restarted and replayed: `harness.incidents`)."""
+    recheck_known: bool = True
+    """Run the reproducer of each known finding that applies but that the run did not provoke
+    (`harness.known_repro`): it reports "still shows it", "fixed?" or "not re-checked"."""
 
 
 def prepare_report_dir(d: Path) -> None:
@@ -153,8 +157,10 @@ def run(scenarios: list[Scenario], stack: Stack, options: RunOptions | None = No
                    scenario_files=list(options.scenario_files), seeds={s.name: s.seed for s in scenarios})
     sink = _open_sink(options.report_dir)
     state = _Run(options, console, sink, meta)
-    sink.append(HistoryHeader(harness_version=__version__, stack_owned=stack.traits.owned))
+    sink.append(HistoryHeader(harness_version=__version__, stack_owned=stack.traits.owned,
+                              policy=options.policy, tolerance=options.tolerance))
     started_here = False
+    judged: _Judged | None = None
     try:
         try:
             if not stack.alive:
@@ -181,11 +187,41 @@ def run(scenarios: list[Scenario], stack: Stack, options: RunOptions | None = No
             sink.append(event)
         with using(conn):
             _triage(state, stack)
+            judged = _judge(state, History(list(sink.records)))
+            if judged.known and options.recheck_known:
+                judged = _recheck(state, stack, judged, restore=not started_here)
     finally:
         sink.close()
         if started_here:
             stack.stop()
-    return _finish(state, History(list(sink.records)), scenarios, started)
+    return _finish(state, History(list(sink.records)), scenarios, started, judged)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """The checks' results and the known-finding matches of one history (before the verdict)."""
+
+    results: list[CheckResult]
+    known: list[KnownOutcome]
+
+
+def _judge(state: _Run, history: History) -> _Judged:
+    opts = state.options
+    results = run_checks(history, CheckContext(opts.tolerance, opts.policy)) if history.ops else []
+    known = [] if state.error else match_known(results, list(opts.known_findings), state.meta.server_version, history)
+    return _Judged(results, known)
+
+
+def _recheck(state: _Run, stack: Stack, judged: _Judged, *, restore: bool) -> _Judged:
+    """Each known finding that applies but that this run did not provoke: its own reproducer says
+    whether it still shows (`harness.known_repro`; informs only, the verdict is `decide`'s)."""
+    pending = [k for k in judged.known if not k.violations]
+    if not pending:
+        return judged
+    state.console.print(f"re-checking {len(pending)} known finding(s) this run did not provoke, with their own "
+                        "reproducers ...")
+    known = asyncio.run(recheck_known(judged.known, stack, restore=restore, timeout_s=state.options.timeout_s))
+    return replace(judged, known=known)
 
 
 def _triage(state: _Run, stack: Stack) -> None:
@@ -226,10 +262,11 @@ def _open_sink(report_dir: Path | None) -> Sink:
     return HistoryWriter(Path(report_dir) / "history.jsonl")
 
 
-def _finish(state: _Run, history: History, scenarios: list[Scenario], started: float) -> RunResult:
+def _finish(state: _Run, history: History, scenarios: list[Scenario], started: float,
+            judged: _Judged | None = None) -> RunResult:
     opts = state.options
-    results = run_checks(history, CheckContext(opts.tolerance, opts.policy)) if history.ops else []
-    known = [] if state.error else match_known(results, list(opts.known_findings), state.meta.server_version, history)
+    judged = judged or _judge(state, history)
+    results, known = judged.results, judged.known
     decision = decide(results, known_violations(known), error=state.error, skipped=state.skipped)
     state.meta.duration_s = round(time.time() - started, 1)
     state.meta.requests = len(history.ops)

@@ -2,10 +2,11 @@
 
 A check that held but showed too little has not earned its PASS: no token compared, a
 cross-tenant pair never observable, a cache hit never checked, no cross-user reuse, no hostile
-request answered. Each row below names the check, the evidence count it reads
-(`CheckResult.evidence`, or `exercised`) and the least it needs. `assess` measures every row
-against a run's check results, `enforce` turns a PASS below its minimum into UNKNOWN; the verdict
-function applies both, and every report shows the table.
+request answered, an adversary that had no OpenAPI document to draw its fields from. Each row
+below names the check, the evidence count it reads (`CheckResult.evidence`, or `exercised`) and
+the least it needs. `assess` measures every row against a run's check results, `enforce` turns a
+PASS below its minimum into UNKNOWN; the verdict function applies both, and every report shows the
+table.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ MINIMUM_EVIDENCE: tuple[Minimum, ...] = (
             _count("tokens_compared"), least=1),
     Minimum("cache-transparency", "conversations not comparable (no token ids)", _count("incomparable"), most=0),
     Minimum("availability", "hostile requests answered", _count("exercised"), least=1),
+    Minimum("availability", "adversarial scenarios fuzzed without an OpenAPI document (only the few fields every "
+            "OpenAI-compatible server takes)", _count("scenarios_without_openapi"), most=0),
 )
 
 

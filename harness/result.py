@@ -18,7 +18,7 @@ from typing import Any
 from harness.evidence import assess
 from harness.history.record import History, HistoryWriter, read_history
 from harness.incidents import incident_summary, stopped_at
-from harness.known import KnownFinding, KnownOutcome
+from harness.known import KnownFinding, KnownOutcome, Recheck
 from harness.scenario.model import Scenario
 from harness.verdict import CheckResult, Decision, Verdict, Violation
 
@@ -255,7 +255,7 @@ def _known_from_json(k: dict[str, Any]) -> KnownOutcome:
     messages = [str(m) for m in k.get("messages") or []]
     count = max(int(k.get("violations") or 0), len(messages))
     messages += [""] * (count - len(messages))  # the report lists the first 20 messages only
-    return KnownOutcome(finding, [_message_only(m) for m in messages])
+    return KnownOutcome(finding, [_message_only(m) for m in messages], Recheck.from_json(k.get("recheck")))
 
 
 def _message_only(text: str) -> Violation:

@@ -27,6 +27,7 @@ from harness.stacks import make_stack
 
 INTEGRATION_FIXTURES: dict[str, str] = {
     "embedded_url": "starts (or reuses) the embedded vLLM server",
+    "embedded_nolora_url": "starts (or reuses) the embedded vLLM server without LoRA",
     "model_dir": "builds the real embedded model (torch, transformers)",
     "local_gen": "runs the real embedded model in-process (torch, transformers)",
     "llamacpp_url": "starts the llama.cpp server",
@@ -133,6 +134,21 @@ def pytest_runtest_makereport(item: pytest.Item,
         report.longrepr = (f"{item.nodeid} is not marked integration but {'; '.join(_Guard.tripped)}: "
                            "add it to tests/conftest.py INTEGRATION_TESTS (or mark it browser/llamacpp)")
     return report
+
+
+@pytest.fixture(scope="session")
+def embedded_nolora_url() -> Iterator[str]:
+    """The embedded vLLM without LoRA: for the adversarial tenant's own tests, which on the LoRA
+    server would first meet the engine crash of findings/vllm-cpu-prompt-logprobs-lora-crash.md
+    (that crash has its own test, tests/test_run_embedded.py, on a LoRA server the harness owns)."""
+    from harness.stacks.vllm import EmbeddedServer
+
+    server = EmbeddedServer(lora=False)
+    server.start()
+    try:
+        yield server.base_url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -187,25 +187,47 @@ def test_crash_combo_is_found_by_the_default_adversary(seed: int, tmp_path: Path
     assert coverage["plan"]["openapi"] is True and coverage["statuses"]
 
 
-def test_without_the_fault_the_adversary_finds_nothing_on_the_fake(tmp_path: Path) -> None:
+def test_without_the_fault_the_adversary_finds_nothing_on_the_fake(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     stack = FaultedStack(_DocStack(tokens=4), None)
     out = _run(stack, tmp_path)
     availability = next(c for c in out.decision.checks if c.name == "availability")
-    assert availability.verdict is not Verdict.FAIL, availability.violations[:3]
+    assert availability.verdict is Verdict.PASS, (availability.violations[:3], availability.notes)
+    assert availability.evidence["scenarios_without_openapi"] == 0
     cov = summarize(out.history)["adversarial-tenant"]
     assert cov["requests"] >= DEFAULT_BUDGET - 20
     assert {"confusion", "identical", "value", "pair", "header"} <= set(cov["by_kind"])
     assert cov["table"]["chat"] and cov["plan"]["pairwise_pairs_total"] > 0
     assert cov["plan"]["endpoints_not_driven"] == ["/v1/responses"]
     assert not missing_schema(out.history)
+    # the coverage table in the HTML and a line on the console, with the run's own numbers
+    page = (tmp_path / "report.html").read_text()
+    section = page[page.index('<h2 id="adversary">'):page.index('<h2 id="metadata">')]
+    assert "No OpenAPI document" not in section
+    pairs = f"{cov['plan']['pairwise_pairs_covered']} / {cov['plan']['pairwise_pairs_total']}"
+    assert pairs in section and f"{cov['victim_overlap_requests']} of {cov['requests']} hostile requests" in section
+    for ep, row in cov["endpoints"].items():
+        assert f"{row['fields_tried']} / {row['fields_declared']}" in section and ep in section
+        assert row["fields_tried"] > 10 and sum(row["values_by_class"].values()) > 0
+    assert cov["confusion"]["before"] > 0 and cov["confusion"]["after"] > 0
+    assert f"before the victims {cov['confusion']['before']}, after {cov['confusion']['after']}" in section
+    assert "/v1/responses" in section and 0 < cov["wall_s"] <= cov["scenario_wall_s"]
+    assert f"adversary coverage adversarial-tenant: {cov['requests']} hostile requests" in capsys.readouterr().err
 
 
-def test_without_a_document_the_plan_says_so(tmp_path: Path) -> None:
-    with FakeStack(tokens=4) as stack:
+def test_without_a_document_availability_is_unknown_with_the_reason(tmp_path: Path) -> None:
+    with FakeStack(tokens=4) as stack:  # serves no /openapi.json
         out = _run(stack, tmp_path, budget=60)
     assert missing_schema(out.history) == ["adversarial-tenant"]
     cov = summarize(out.history)["adversarial-tenant"]
     assert cov["plan"]["openapi"] is False
+    availability = next(c for c in out.decision.checks if c.name == "availability")
+    assert availability.verdict is Verdict.UNKNOWN and not availability.violations
+    assert any("below the minimum evidence" in n and "OpenAPI" in n for n in availability.notes)
+    assert any("had no OpenAPI document" in n for n in availability.notes)
+    row = next(r for r in out.decision.evidence if r.check == "availability" and "OpenAPI" in r.what)
+    assert row.applies and not row.met and row.value == 1
+    assert "No OpenAPI document" in (tmp_path / "report.html").read_text()
 
 
 def test_op_names_parse_back_to_their_cases() -> None:

@@ -22,8 +22,8 @@ SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "adversarial-tena
 
 pytestmark = [pytest.mark.integration, pytest.mark.matrix]  # `make test-matrix`
 
-def test_crash_combo_is_found_and_triaged_to_the_pair(embedded_url: str, tmp_path: Path) -> None:
-    stack = FaultedStack(ExternalStack(embedded_url), "crash-combo", seed=1)
+def test_crash_combo_is_found_and_triaged_to_the_pair(embedded_nolora_url: str, tmp_path: Path) -> None:
+    stack = FaultedStack(ExternalStack(embedded_nolora_url), "crash-combo", seed=1)
     opts = RunOptions(counterfactual=False, solo=False, calibration_repeats=0, replay_incidents=True)
     out = run_files([SCENARIO], stack, opts, tmp_path)
     field = stack.proxy._fault.spec.name  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ from harness.verdict import Verdict
 LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
 
 
-pytestmark = [pytest.mark.integration, pytest.mark.matrix]  # `make test-matrix`
+pytestmark = pytest.mark.integration
 
 def test_plain_server_stops_calibrating_after_one_identical_repeat(embedded_url: str, tmp_path: Path) -> None:
     out, _ = run_fault("noise", embedded_url, LIBRARY, tmp_path, seed=0, files=["strict-prefix.yaml"])

@@ -151,7 +151,9 @@ def test_load_reads_version_1_and_refuses_newer(tmp_path: Path) -> None:
     loaded = RunResult.load(tmp_path)
     assert loaded.verdict is Verdict.FAIL and loaded.exit_code == 1 and loaded.meta.target == "http://t"
     assert loaded.violations[0].op_ids == ["x"] and loaded.known[0].finding.id == "k"
-    assert loaded.to_json()["metadata"]["known_findings"] == v1["metadata"]["known_findings"]
+    [again] = loaded.to_json()["metadata"]["known_findings"]
+    [old] = v1["metadata"]["known_findings"]
+    assert {k: again[k] for k in old} == old and again["status"] == "reproduced"  # new keys added, none lost
     assert loaded.meta.extra == {"something_old": 1}
     (tmp_path / "report.json").write_text(json.dumps({**v1, "schema_version": 99}))
     with pytest.raises(ReportSchemaError, match=r"schema version 99"):

@@ -25,7 +25,7 @@ from harness.stacks.vllm import SERVED_MODEL_NAME, EmbeddedServer
 from harness.verdict import Verdict
 from tests.test_incidents_run import faulted_burst
 
-pytestmark = [pytest.mark.integration, pytest.mark.matrix]  # `make test-matrix`
+pytestmark = pytest.mark.integration
 
 LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
 

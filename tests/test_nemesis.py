@@ -16,7 +16,7 @@ from bench.fake_server import FakeServer, PrefixCache
 from harness import engine
 from harness.checks.base import CheckContext, get
 from harness.frontends.cli import main as cli_main
-from harness.history.record import History, NemesisAction
+from harness.history.record import History, Incident, NemesisAction
 from harness.nemesis import NemesisError, parse_nemeses
 from harness.nemesis.epochs import AdapterEpochs, alive_since, clearings
 from harness.nemesis.schedule import adapter_state, build_schedule
@@ -69,6 +69,13 @@ def test_clearings_only_count_what_took_effect() -> None:
     assert [(c.sent_s, c.done_s) for c in cleared] == [(2.0, 2.1), (7.0, 7.5)]
     assert alive_since(cleared, 1.0) == float("-inf")
     assert alive_since(cleared, 3.0) == 2.0 and alive_since(cleared, 7.2) == 2.0 and alive_since(cleared, 8) == 7.0
+
+
+def test_a_restart_by_the_nemesis_is_one_clearing_and_other_restarts_count_too() -> None:
+    act = NemesisAction("restart", 9.0, "restart", details={"sent_s": 4.0})
+    own = Incident(what="restart", at_s=5.0, caused_by_harness=True)  # the stack's record of that act
+    other = Incident(what="restart", at_s=12.0, caused_by_harness=True)  # the engine's own restart
+    assert [(c.sent_s, c.done_s) for c in clearings([act, own, other])] == [(4.0, 9.0), (12.0, 12.0)]
 
 
 def test_adapter_epochs_follow_the_loads() -> None:
@@ -315,7 +322,8 @@ def test_restart_nemesis_restarts_and_clears(monkeypatch: pytest.MonkeyPatch) ->
     assert restarts and all(r.took_effect for r in restarts) and stack.restarts == len(restarts)
     assert result.verdict is Verdict.PASS, result.reasons
     accounting = result.check("cache-accounting")
-    assert accounting is not None and accounting.evidence["cache_clearings"] >= len(restarts)
+    # each restart once: the nemesis's act and the stack's incident for it are one clearing
+    assert accounting is not None and accounting.evidence["cache_clearings"] == len(restarts)
 
 
 def test_adapter_churn_without_adapter_folders_is_unknown(honest: FakeStack) -> None:
@@ -330,3 +338,29 @@ def test_cli_refuses_unknown_and_misplaced_nemeses(capsys: pytest.CaptureFixture
     assert "unknown nemesis 'chaos'" in capsys.readouterr().err
     assert cli_main(["run", "--nemesis", "memory-pressure", "--target", "http://127.0.0.1:9"]) == 2
     assert "configures the embedded vLLM server" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_the_library_adapter_churn_scenario_checks_every_hit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              keyed: bool) -> None:
+    """scenarios/nemesis/adapter-churn.yaml sends each adapter's second user after its first
+    (`leaders_first`): every hit has a same-domain source that had reached the cache, so none is
+    left unchecked; a server that keeps the old weights' blocks under a reloaded name FAILs."""
+    library = Path(__file__).resolve().parents[1] / "scenarios" / "nemesis" / "adapter-churn.yaml"
+    sources = {}
+    for name in ("adapter-1", "adapter-2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(name.encode() * 8)
+        sources[name] = tmp_path / name
+    monkeypatch.setattr(fake_stack, "FakeServer", ChurnServer)
+    monkeypatch.setattr(ChurnServer, "keyed", keyed)
+    with FakeStack(models=(fake_stack.MODEL, *sources), block_size=16) as stack:
+        result = run_with(stack, ("adapter-churn",), library.read_text(), adapter_sources=sources)
+    accounting = result.check("cache-accounting")
+    assert accounting is not None
+    if keyed:
+        assert result.verdict is Verdict.PASS, result.reasons
+        assert accounting.evidence["hits_unchecked"] == 0 and accounting.evidence["hits_checked"] > 0
+        assert accounting.evidence["adapter_weight_changes"] == 1
+    else:
+        assert accounting.verdict is Verdict.FAIL

@@ -53,11 +53,13 @@ class Case:
     """The user whose own cache salt this case sends (sharing by design: a finding, not a FAIL)."""
     copies: int = 1
     kind: str = "value"
-    """value | header | identical | pair | confusion."""
+    """value | header | identical | pair | confusion | boundary (up to `copies` probes, one at a time)."""
     phase: str = "during"
     """before | during | after the victims' own requests of the main run."""
     fields: tuple[tuple[str, str], ...] = ()
     """(field, value class) pairs the case covers."""
+    numeric: str = ""
+    """A boundary case's field type, integer | number (`harness.adversary.boundary`)."""
 
     @property
     def requests(self) -> int:

@@ -3,7 +3,8 @@ classes x concurrency tried, the statuses seen, how many hostile requests overla
 request in time, and what the plan left out (fields never sent, endpoints not driven, pairwise
 pairs not covered). The plan's own facts travel in the adversary's `RunInfo` note
 (`plan_note` / `plan_of`); a scenario planned without an OpenAPI document is reported as such,
-and `availability` should not PASS on it (`missing_schema`)."""
+and `availability` cannot PASS on it (`missing_schema`, a row of `harness.evidence`). The wall
+time of the hostile requests and of the whole scenario are reported beside the coverage."""
 
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def parse(op: Operation) -> dict[str, Any]:
     for part in name.split("+"):
         field, _, tag = part.partition("=")
         parts.append((field, tag.split(":", 1)[0]))
+    if kind == "value" and parts[0][1] == "bisect":
+        kind = "boundary"
     return {"kind": kind, "endpoint": endpoint, "parts": parts, "group": group, "phase": "during"}
 
 
@@ -70,12 +73,21 @@ def summarize(history: History) -> dict[str, Any]:
         kinds: Counter[str] = Counter()
         statuses: Counter[str] = Counter()
         company: Counter[str] = Counter()
+        confusion: Counter[str] = Counter()
+        by_endpoint: dict[str, Counter[str]] = defaultdict(Counter)
+        probes: dict[str, dict[str, list[Operation]]] = defaultdict(lambda: defaultdict(list))
         overlapping = 0
         for o in ops:
             case = parse(o)
             kinds[case["kind"]] += 1
+            if case["kind"] == "boundary":
+                probes[case["endpoint"]][case["parts"][0][0]].append(o)
+            if case["kind"] == "confusion":
+                confusion[case["phase"]] += 1
+                confusion["identity:" + case["parts"][0][1]] += 1
             status = str(o.status) if o.status is not None else "none"
             statuses[status] += 1
+            by_endpoint[case["endpoint"]][status] += 1
             for field, klass in case["parts"]:
                 table[case["endpoint"]][field][klass][status] += 1
             others = sum(1 for p in ops if p is not o and p.invoke_s < o.complete_s and p.complete_s > o.invoke_s)
@@ -85,8 +97,16 @@ def summarize(history: History) -> dict[str, Any]:
         plan = plan_of(history, scenario) or {}
         declared = plan.get("fields") or {}
         not_sent = {ep: sorted(set(names) - set(table.get(ep, {}))) for ep, names in declared.items()}
+        everything = [o for o in history.ops if o.scenario == scenario]
         out[scenario] = {
             "requests": len(ops),
+            "wall_s": _span(ops),
+            "scenario_wall_s": _span(everything),
+            "endpoints": {ep: _endpoint_row(fs, declared.get(ep, []), by_endpoint[ep])
+                          for ep, fs in sorted(table.items())},
+            "confusion": dict(sorted(confusion.items())),
+            "boundaries": {ep: {f: _boundary(f, found) for f, found in sorted(fs.items())}
+                           for ep, fs in sorted(probes.items())},
             "by_kind": dict(sorted(kinds.items())),
             "statuses": dict(sorted(statuses.items())),
             "concurrency": dict(sorted(company.items())),
@@ -97,6 +117,40 @@ def summarize(history: History) -> dict[str, Any]:
             "plan": {k: v for k, v in plan.items() if k != "fields"},
         }
     return out
+
+
+def _boundary(name: str, probes: list[Operation]) -> dict[str, Any]:
+    """What a field's boundary search found: the largest value accepted, the smallest refused
+    with a 4xx (None: none), and how many probes it took."""
+    def values(ok: bool) -> list[float]:
+        return [o.request[name] for o in probes if isinstance(o.request.get(name), (int, float))
+                and o.status is not None and o.status < 500 and (o.status < 400) is ok]
+
+    accepted, refused = values(True), values(False)
+    return {"probes": len(probes), "accepted_max": max(accepted, default=None),
+            "refused_min": min(refused, default=None),
+            "broken": sum(1 for o in probes if o.status is None or o.status >= 500)}
+
+
+def _span(ops: list[Operation]) -> float:
+    """Seconds from the first request sent to the last answer (0 for none)."""
+    return round(max(o.complete_s for o in ops) - min(o.invoke_s for o in ops), 1) if ops else 0.0
+
+
+def _endpoint_row(fields: dict[str, dict[str, Counter[str]]], declared: list[str],
+                  statuses: Counter[str]) -> dict[str, Any]:
+    """One endpoint's line of the coverage table: fields tried (of those declared; headers and
+    domain confusion apart), field values sent per value class, requests by status."""
+    classes: Counter[str] = Counter()
+    for name, by_class in fields.items():
+        if name == "identity":  # domain confusion: reported on its own
+            continue
+        for klass, by_status in by_class.items():
+            classes[klass] += sum(by_status.values())
+    body = [f for f in fields if not f.startswith("header:") and f != "identity"]
+    return {"fields_tried": len(body), "fields_declared": len(declared),
+            "headers_tried": sum(1 for f in fields if f.startswith("header:")),
+            "values_by_class": dict(sorted(classes.items())), "statuses": dict(sorted(statuses.items()))}
 
 
 def _bucket(n: int) -> str:
@@ -111,3 +165,18 @@ def fields_in_common(ops: list[Operation]) -> list[str]:
     if not sets or len(sets) != len(ops):
         return []
     return [f for f in sets[0] if all(f in s for s in sets[1:])]
+
+
+def coverage_line(scenario: str, cov: dict[str, Any]) -> str:
+    """One line of the console summary for a scenario's coverage (`summarize`'s entry)."""
+    plan = cov.get("plan") or {}
+    eps = cov.get("endpoints") or {}
+    fields = ", ".join(f"{ep} {r.get('fields_tried')}/{r.get('fields_declared')}" for ep, r in sorted(eps.items()))
+    overlap = 100 * (cov.get("victim_overlap") or 0)
+    line = (f"{scenario}: {cov.get('requests', 0)} hostile requests in {cov.get('wall_s', 0)} s; fields tried "
+            f"{fields or '-'}; pairwise {plan.get('pairwise_pairs_covered', 0)}/{plan.get('pairwise_pairs_total', 0)}; "
+            f"overlapping a victim {cov.get('victim_overlap_requests', 0)} ({overlap:.0f}%); "
+            f"statuses {cov.get('statuses', {})}")
+    if plan.get("openapi") is False:
+        line += "; no OpenAPI document: only the fallback fields were fuzzed"
+    return line

@@ -7,7 +7,17 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.adversary.cases import DEFAULT_BUDGET, Case, Target, fallback_target, identical_cases, spend, value_cases
+from harness.adversary.boundary import boundary_cases
+from harness.adversary.cases import (
+    DEFAULT_BUDGET,
+    Case,
+    Target,
+    fallback_target,
+    identical_cases,
+    spend,
+    value_cases,
+    within_budget,
+)
 from harness.adversary.confusion import Domains, confusion_cases
 from harness.adversary.pairwise import pairwise_cases
 from harness.adversary.schema import generation_endpoints, undriven_endpoints
@@ -30,6 +40,10 @@ class AdversaryPlan:
     """POST endpoints of the schema the adversary does not send (reported as not covered)."""
     declared: dict[str, list[str]] = field(default_factory=dict)
     """endpoint -> the fields the schema declares."""
+    boundary_fields: int = 0
+    """Numeric fields whose 4xx boundary the plan searches by bisection (beyond the default budget)."""
+    boundary_candidates: int = 0
+    """Numeric fields without a documented maximum (the most it could search)."""
 
     @property
     def cases(self) -> list[Case]:
@@ -42,7 +56,13 @@ class AdversaryPlan:
     def summary(self) -> dict[str, Any]:
         return {"budget": self.budget, "requests_planned": self.requests, "openapi": self.has_schema,
                 "pairwise_pairs_covered": self.pairs_covered, "pairwise_pairs_total": self.pairs_total,
-                "endpoints_not_driven": self.not_driven, "fields": self.declared}
+                "endpoints_not_driven": self.not_driven, "fields": self.declared,
+                "boundary_fields_searched": self.boundary_fields,
+                "boundary_fields_without_maximum": self.boundary_candidates}
+
+
+BOUNDARY_SHARE = 0.25
+"""The share of a budget above DEFAULT_BUDGET that goes to boundary searches."""
 
 
 def target_of(doc: dict[str, Any] | None, entries: list[dict[str, Any]]) -> Target:
@@ -61,7 +81,10 @@ def plan_adversary(scenario: Scenario, domains: Domains, target: Target, block: 
     """Every hostile case of `scenario` within `budget` requests (default DEFAULT_BUDGET),
     deterministic for a given scenario, domains, schema and `rotation`. Rotation 0 is the default
     run's order; another rotation (`harness explore` draws one per example) shuffles the single
-    values and the pairwise rows, so a long search reaches cases the default budget leaves out."""
+    values and the pairwise rows, so a long search reaches cases the default budget leaves out.
+    A budget above the default gives BOUNDARY_SHARE of the excess to bisecting numeric fields'
+    4xx boundaries (`harness.adversary.boundary`); the default budget's plan has none, so the
+    default run's requests do not depend on a search's answers."""
     budget = DEFAULT_BUDGET if budget is None else budget
     group = scenario.adversary.concurrency if scenario.adversary else 4
     fields = {s.name for specs in target.endpoints.values() for s in specs} | {"cache_salt", "user"}
@@ -71,13 +94,15 @@ def plan_adversary(scenario: Scenario, domains: Domains, target: Target, block: 
     if rotation:
         random.Random(rotation).shuffle(values)
         random.Random(rotation + 1).shuffle(pairs)
-    chosen = spend({"confusion": confusion_cases(scenario, domains, fields, block),
-                    "identical": identical_cases(target, group),
-                    "value": values,
-                    "pairwise": pairs}, budget)
+    bounds = within_budget(boundary_cases(target), int(max(0, budget - DEFAULT_BUDGET) * BOUNDARY_SHARE))
+    chosen = bounds + spend({"confusion": confusion_cases(scenario, domains, fields, block),
+                             "identical": identical_cases(target, group),
+                             "value": values,
+                             "pairwise": pairs}, budget - sum(c.requests for c in bounds))
     sent_pairs = {c.name for c in chosen if c.kind == "pair"}
     covered = _pairs_of([c for c in pairs if c.name in sent_pairs])
-    return AdversaryPlan(before=[c for c in chosen if c.phase == "before"],
+    return AdversaryPlan(boundary_fields=len(bounds), boundary_candidates=len(boundary_cases(target)),
+                         before=[c for c in chosen if c.phase == "before"],
                          during=[c for c in chosen if c.phase == "during"],
                          after=[c for c in chosen if c.phase == "after"],
                          budget=budget, has_schema=target.has_schema, pairs_covered=covered, pairs_total=total,

@@ -9,13 +9,15 @@ overlap, or a tenant's request that makes another tenant's request fail: harm to
 Not reproduced, or not replayed: UNKNOWN, "not attributable to any input; history kept". One
 incident is one finding, never one violation per request that failed after it. Slowness is not
 harm. A tenant that sends another tenant's exact salt shares that cache by design: reported as a
-finding, not a FAIL.
+finding, not a FAIL. An adversary that had no OpenAPI document to draw its fields from tried
+almost nothing: the minimum-evidence table (`harness.evidence`) keeps such a run from PASSing.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+from harness.adversary.coverage import missing_schema
 from harness.checks.base import CheckContext, check
 from harness.history.record import History, Operation
 from harness.incidents import Attribution, attribute
@@ -47,8 +49,14 @@ def availability(history: History, ctx: CheckContext) -> CheckResult:
         else:
             unattributed += 1
             result.notes.append(_unattributed(a, start))
+    blind = missing_schema(history)
     result.evidence.update(incidents=len(incidents), incidents_reproduced=len(incidents) - unattributed,
-                           replays=sum(1 for a in incidents for r in a.replays if r.op_ids))
+                           replays=sum(1 for a in incidents for r in a.replays if r.op_ids),
+                           scenarios_without_openapi=len(blind))
+    if blind:
+        result.notes.append(
+            f"the adversary of {', '.join(blind)} had no OpenAPI document (GET /openapi.json): it fuzzed only the few "
+            "fields every OpenAI-compatible server takes, so this run has not shown availability (not PASS)")
     shared = [o for o in hostile if o.borrowed_salt_of is not None and o.ok and (o.cached_tokens or 0) > 0]
     if shared:
         result.notes.append(

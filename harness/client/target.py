@@ -139,8 +139,10 @@ class TargetClient:
             base = (self._tenant_sse if sse else self._tenant_json).get(tenant, base)
             if self.connection.gateway_salts:
                 body = wire_body(body, tenant)
-        return httpx.Request("POST", self._url(req.path), content=fastjson.dumps(body),
-                             headers={**base, **req.headers} if req.headers else base,
+        headers: dict[str, str] | httpx.Headers = {**base, **req.headers} if req.headers else base
+        if req.headers and not all(v.isascii() for v in req.headers.values()):
+            headers = httpx.Headers(headers, encoding="latin-1")  # a hostile header value: sent as Latin-1 bytes
+        return httpx.Request("POST", self._url(req.path), content=fastjson.dumps(body), headers=headers,
                              extensions=self._extensions)
 
     async def generate(self, req: GenerationRequest) -> GenerationResult:

@@ -1,12 +1,14 @@
 """The adversarial tenant's driver: fires the planned hostile cases (`harness.adversary`) in
 groups that share batches with each other and with the victims.
 
-Identical cases go as one group of their copies at once; the others are packed in order into
-mixed groups of 2..k (k = the scenario's adversary concurrency), and up to two groups are in
-flight at a time. Each request becomes an `Operation` of the run named after its role, with the
-body as sent (long strings shortened). Phase `adversary-alone` replays alone, one at a time, each
-case of a group in which some request got no clean answer, so a crash that needs company shows
-as one that does not come back alone. Expected: a clean 4xx for invalid input or a normal answer;
+Identical cases go as one group of their copies at once; a boundary search sends its probes one
+at a time, each value chosen from the answers so far (`harness.adversary.boundary`); the others
+are packed in order into mixed groups of 2..k (k = the scenario's adversary concurrency), and up
+to two groups are in flight at a time. Each request becomes an `Operation` of the run named after its role, with the
+body and the fuzzed headers exactly as sent, so every replay of it (incident triage, reproducers)
+is the same request. Phase `adversary-alone` replays alone, one at a time, each case of a group
+in which some request got no clean answer, so a crash that needs company shows as one that does
+not come back alone. Expected: a clean 4xx for invalid input or a normal answer;
 never a 5xx, a dropped connection or a dead server (`availability`), and no effect on anyone
 else's outputs (the output checks on the victims).
 """
@@ -18,6 +20,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from harness.adversary.boundary import Bisection, probe_name
 from harness.adversary.cases import Case
 from harness.client import GenerationRequest, TargetClient
 from harness.driver.driver import now
@@ -33,12 +36,15 @@ Member = tuple[Case, int]  # (case, copy index)
 
 
 def groups(cases: list[Case], k: int) -> list[list[Member]]:
-    """Identical cases as one group of their copies; the rest packed into mixed groups whose
-    sizes cycle 2..k (deterministic)."""
+    """Identical cases as one group of their copies, a boundary search as a group of its own; the
+    rest packed into mixed groups whose sizes cycle 2..k (deterministic)."""
     out: list[list[Member]] = []
     pending: list[Member] = []
     size = 2
     for c in cases:
+        if c.kind == "boundary":  # a search: its probes go one at a time (run_adversary)
+            out.append([(c, 0)])
+            continue
         if c.copies > 1:
             out.append([(c, i) for i in range(c.copies)])
             continue
@@ -77,15 +83,19 @@ async def run_adversary(client: TargetClient, scenario: Scenario, cases: list[Ca
     sem = asyncio.Semaphore(1 if alone else GROUPS_IN_FLIGHT)
     broken: list[list[Member]] = []
 
-    async def one(case: Case, copy: int) -> Operation:
+    async def one(case: Case, copy: int, value: Any = None) -> Operation:
         name = op_name(case, copy)
+        overrides = dict(case.overrides)
+        if case.kind == "boundary":  # probe `copy` of a search sends `value` in the case's field
+            name = probe_name(case, copy)
+            overrides[case.fields[0][0]] = value
         text = case.prompt or prompt
         chat = case.endpoint == "chat"
         req = GenerationRequest("chat" if chat else "completions", base_model,
                                 prompt=None if chat else text,
                                 messages=[{"role": "user", "content": text}] if chat else None,
                                 max_tokens=OWN_MAX_TOKENS, top_logprobs=0, cache_salt=own_salt,
-                                extra=dict(case.overrides),
+                                extra=overrides,
                                 headers={**case.headers, "X-Harness-User": tenant, "X-Harness-Tenant": tenant,
                                          "X-Harness-Op": f"{phase}/{scenario.name}/{name}"})
         invoke = now()
@@ -96,15 +106,28 @@ async def run_adversary(client: TargetClient, scenario: Scenario, cases: list[Ca
             result, run=phase, scenario=scenario.name, op_id=f"{phase}/{scenario.name}/{name}", user=tenant,
             tenant=tenant, turn=0, model=str(body.get("model")), endpoint=req.endpoint,
             stream=bool(body.get("stream")), cache_salt=salt if isinstance(salt, str) else None,
-            request=_printable(body), invoke_s=invoke, complete_s=now(), borrowed_salt_of=case.victim)
+            request=body, invoke_s=invoke, complete_s=now(), borrowed_salt_of=case.victim,
+            headers=dict(case.headers))
         history.append(op)
         if on_op:
             on_op(op)
         return op
 
+    async def search(case: Case) -> list[Operation]:
+        """A boundary case's probes, each value chosen from the answers so far."""
+        b, ops = Bisection(case.numeric == "integer"), []
+        while (value := b.next()) is not None:
+            ops.append(await one(case, b.sent, value))
+            if not b.answer(value, ops[-1].status):
+                break
+        return ops
+
     async def fire(group: list[Member]) -> None:
         async with sem:
-            ops = await asyncio.gather(*(one(c, i) for c, i in group))
+            if group[0][0].kind == "boundary":
+                ops = await search(group[0][0])
+            else:
+                ops = list(await asyncio.gather(*(one(c, i) for c, i in group)))
         if any(o.status is None or o.status >= 500 for o in ops):
             broken.append(group)
 
@@ -133,8 +156,3 @@ async def health_op(client: TargetClient, scenario: Scenario, model: str) -> Ope
                                  op_id=f"{run}/{scenario.name}/health", user="harness", tenant="harness",
                                  turn=0, model=model, endpoint="completions", stream=False, cache_salt=None,
                                  request=req.body(), invoke_s=invoke, complete_s=now())
-
-
-def _printable(body: dict[str, Any]) -> dict[str, Any]:
-    """The body as sent, with very long strings shortened so the history stays small."""
-    return {k: (v[:64] + f"...({len(v)} chars)" if isinstance(v, str) and len(v) > 256 else v) for k, v in body.items()}

@@ -30,6 +30,7 @@ from typing import Any
 from harness.checks.compare import DEFAULT_TOLERANCE
 from harness.scenario.library import library_path
 from harness.stacks import STACKS
+from harness.stacks.fleet_settings import parse_policy, parse_replicas
 
 CONFIG_FILE = "isolation.toml"
 PYPROJECT_FILE = "pyproject.toml"
@@ -51,6 +52,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "gateway_salts": False,
     "replay_incidents": False,
     "nemesis": None,
+    "replicas": None,
+    "router_policy": None,
+    "adversary_budget": None,
 }
 """The defaults of `harness run`, by argparse destination name."""
 
@@ -133,6 +137,23 @@ def _stack(v: Any, base: Path) -> str:
     return str(v)
 
 
+def _replicas(v: Any, base: Path) -> int:
+    if isinstance(v, str):  # a file gives a number; "2" in quotes is a typo worth naming
+        raise ValueError("expected a whole number of replicas, not a string")
+    return parse_replicas(v)
+
+
+def _router_policy(v: Any, base: Path) -> str:
+    return parse_policy(v)
+
+
+def _budget(v: Any, base: Path) -> int:
+    n = _int(v, base)
+    if n < 1:
+        raise ValueError("expected a request count of at least 1")
+    return n
+
+
 def _bool(v: Any, base: Path) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
@@ -188,6 +209,9 @@ KEYS: dict[str, tuple[str, Callable[[Any, Path], Any]]] = {
     "gateway-salts": ("gateway_salts", _bool),
     "replay-incidents": ("replay_incidents", _bool),
     "nemesis": ("nemesis", _str),
+    "replicas": ("replicas", _replicas),
+    "router-policy": ("router_policy", _router_policy),
+    "adversary-budget": ("adversary_budget", _budget),
     "allow-disruptive": ("allow_disruptive", _bool),
     "api-key-env": ("api_key_env", _env_name),
     "api-key": ("api_key", _no_secret),

@@ -66,6 +66,10 @@ class HistoryHeader:
     harness_version: str = ""
     stack_owned: bool | None = None
     """The harness launched the server and no other client reaches it (None: not recorded)."""
+    policy: str | None = None
+    tolerance: float | None = None
+    """The run's comparison settings, so that a history whose run never finished can be judged
+    the same way (`harness.salvage`; None: not recorded)."""
     kind: str = "header"
 
 
@@ -120,6 +124,9 @@ class Operation:
     token_ids_source: str | None = None  # see GenerationResult: "server", "tokenize", "tokenize-text"
     borrowed_salt_of: str | None = None
     """A hostile request that sent this user's exact cache salt (the adversary's victim-salt cases)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Headers the request chose beyond the connection's and the harness's own `X-Harness-*` (the
+    adversary's fuzzed identity headers), exactly as sent: replays and reproducers send them too."""
     kind: str = "op"
 
     @classmethod
@@ -310,9 +317,17 @@ class HistoryWriter:
         self.close()
 
 
-def read_history(path: Path) -> list[Record]:
+def read_history(path: Path, *, torn_tail_ok: bool = False) -> list[Record]:
+    """The records of a history file. `torn_tail_ok`: a last line cut off mid-write (the writing
+    process was killed) is dropped instead of failing the read."""
     with open(path, "rb") as fh:
-        records = [_from_json(line) for line in fh if line.strip()]
+        lines = [line for line in fh if line.strip()]
+    if torn_tail_ok and lines and not lines[-1].endswith(b"\n"):
+        try:
+            _from_json(lines[-1])
+        except (ValueError, TypeError, HistorySchemaError):
+            lines.pop()
+    records = [_from_json(line) for line in lines]
     if not records or not isinstance(records[0], HistoryHeader):
         _upgrade_v1(records)
     return records

@@ -1,10 +1,10 @@
 """Replaying recorded requests: fire a group concurrently, exactly as recorded, and see whether
 the failure comes back (a request gets no answer or a 5xx, or the server stops answering).
 
-Each replayed request carries the body the history recorded, the connection's credentials (its
-tenant's own where it has them) and the harness's identity headers (`X-Harness-User`,
-`X-Harness-Tenant`, `X-Harness-Op` with the original op id), so a server or proxy sees the same
-traffic as in the run. Before each replay the server must be up: an owned
+Each replayed request carries the body and the request's own headers the history recorded, the
+connection's credentials (its tenant's own where it has them) and the harness's identity headers
+(`X-Harness-User`, `X-Harness-Tenant`, `X-Harness-Op` with the original op id), so a server or
+proxy sees the same traffic as in the run. Before each replay the server must be up: an owned
 stack that died is restarted (a fresh process); a URL is waited for, bounded, and never touched
 otherwise. A replay is never an operation of the history: it is recorded as a `TriageReplay`.
 """
@@ -53,8 +53,10 @@ def truncated(op: Operation) -> bool:
 async def send(client: httpx.AsyncClient, op: Operation) -> Outcome:
     """Send `op`'s recorded request once and read the whole answer (a stream to its end)."""
     conn = current()
-    headers = {**conn.base_headers(), **conn.tenant_headers().get(op.tenant, {}), "Content-Type": "application/json",
-               "X-Harness-User": op.user, "X-Harness-Tenant": op.tenant, "X-Harness-Op": op.op_id}
+    headers = httpx.Headers({**conn.base_headers(), **conn.tenant_headers().get(op.tenant, {}),
+                             "Content-Type": "application/json", **op.headers, "X-Harness-User": op.user,
+                             "X-Harness-Tenant": op.tenant, "X-Harness-Op": op.op_id},
+                            encoding="latin-1")  # as the client sends them (harness.client.transport)
     try:
         async with client.stream("POST", PATHS.get(op.endpoint, "/v1/completions"),
                                  content=json.dumps(op.request), headers=headers) as resp:

@@ -33,9 +33,12 @@ def clearings(events: list[Event]) -> list[Clearing]:
     """Every reset or restart by the nemesis that took effect, ordered by when it was done."""
     out = [Clearing(float(e.details.get("sent_s", e.at_s)), e.at_s, e.nemesis) for e in events
            if isinstance(e, NemesisAction) and e.took_effect and (e.nemesis, e.action) in CLEARING_ACTIONS]
-    # A restart the harness made (the stack records it once the old process group is gone).
+    # A restart the harness made (the stack records it once the old process group is gone), unless
+    # it is the restart nemesis's own act, recorded above (its incident falls within the act).
+    acts = [c for c in out if c.nemesis == "restart"]
     out += [Clearing(e.at_s, e.at_s, "restart") for e in events
-            if isinstance(e, Incident) and e.what == "restart" and e.caused_by_harness]
+            if isinstance(e, Incident) and e.what == "restart" and e.caused_by_harness
+            and not any(c.sent_s <= e.at_s <= c.done_s for c in acts)]
     return sorted(out, key=lambda c: c.done_s)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from harness.adversary.coverage import coverage_line
 from harness.checks.base import all_checks
 from harness.incidents import incident_summary, stopped_at, stopped_text
 from harness.reporters.noise import noise_lines
@@ -45,10 +46,11 @@ def print_summary(result: RunResult, console: Console, report_dir: Path | None =
         console.print(f"minimum evidence for PASS: {len(rows) - len(short)} of {len(rows)} met")
         for row in short:
             console.print(f"  [yellow]short:[/] {row.check}: {row.what} = {row.value:g} (needs {row.bound})")
+    for name, cov in sorted((result.meta.extra.get("adversary") or {}).items()):
+        console.print(f"adversary coverage {coverage_line(name, cov)}", highlight=False)
     for k in result.known:
-        j = k.to_json()
-        state = f"reproduced ({j['violations']} violation(s))" if j["reproduced"] else "did NOT reproduce (fixed?)"
-        console.print(f"[bold magenta]known finding[/] {j['id']}: {j['title']} -- {state}; see {j['reproducer']}")
+        console.print(f"[bold magenta]known finding[/] {k.finding.id}: {k.finding.title} -- {k.status_text}; "
+                      f"see {k.finding.reproducer}")
     if result.error:
         console.print(f"[bold yellow]run stopped early:[/] {result.error}")
         where = stopped_text(stopped_at(result.history, result.error))

@@ -48,10 +48,23 @@ def curl_command(base_url: str, op: Operation, background: bool = False, identit
     body = json.dumps(wire_body(op.request, op.tenant), indent=1)
     ids = "".join(f" -H {shlex.quote(f'{k}: {v}')}" for k, v in (
         ("X-Harness-User", op.user), ("X-Harness-Tenant", op.tenant), ("X-Harness-Op", op.op_id))) if identity else ""
+    ids = "".join(f" -H {header_arg(k, v)}" for k, v in op.headers.items()) + ids
     return (f"# {op.op_id} (user {op.user}, tenant {op.tenant})\n"
             f"curl -sS {shlex.quote(base_url + path)} {auth(key_env)} -H 'Content-Type: application/json'{ids} "
             "--data-binary @- <<'JSON'"
             f"{' &' if background else ''}\n{body}\nJSON\n" + ("" if background else "echo"))
+
+
+def header_arg(name: str, value: str) -> str:
+    """curl's -H argument sending `name: value` byte for byte as the client did (Latin-1): an
+    empty value as `name;` (curl drops a header written `name:`), other bytes through printf."""
+    if value == "":
+        return shlex.quote(f"{name};")
+    if value.isascii() and value.isprintable():
+        return shlex.quote(f"{name}: {value}")
+    raw = f"{name}: {value}".encode("latin-1")
+    escaped = "".join(chr(b) if 32 <= b < 127 and chr(b) not in "%\\'" else f"\\{b:03o}" for b in raw)
+    return f"\"$(printf '{escaped}')\""
 
 
 def concurrent_ops(history: History, op: Operation) -> list[Operation]:

@@ -28,14 +28,18 @@ from typing import ClassVar
 
 from harness.history.record import Event, Incident, ReplicaAttribution
 from harness.stacks.base import StackTraits
+from harness.stacks.fleet_settings import (
+    DEFAULT_POLICY,
+    DEFAULT_REPLICAS,
+    POLICIES,
+    POLICY_ENV,
+    REPLICAS_ENV,
+    parse_policy,
+    parse_replicas,
+)
 from harness.stacks.process import LaunchError, OwnedProcess, history_time, restart_incident
 from harness.stacks.vllm import DEFAULT_STARTUP_TIMEOUT_S, EmbeddedServer
 
-POLICIES = ("cache_aware", "kv_aware", "round_robin", "random", "power_of_two", "consistent_hash",
-            "sticky_least_loaded")
-"""The router's `--policy` choices (vllm-router 0.1.17)."""
-DEFAULT_POLICY = "cache_aware"
-DEFAULT_REPLICAS = 2
 KV_EVENT_TOPIC = "kv-events"
 BLOCK_SIZE = 32  # the replicas' --block-size (stacks.vllm)
 
@@ -81,7 +85,7 @@ class FleetStack:
     NAME: ClassVar[str] = "vLLM fleet"
 
     replicas: int | None = None
-    """How many replicas (None: $HARNESS_FLEET_REPLICAS, else 2)."""
+    """How many replicas (None: $HARNESS_FLEET_REPLICAS, else 2; `stacks.fleet_settings`)."""
     router_policy: str | None = None
     """The router's `--policy` (None: $HARNESS_FLEET_POLICY, else cache_aware)."""
     port: int | None = None
@@ -105,14 +109,17 @@ class FleetStack:
     _events: list[Event] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.replicas is None:
-            self.replicas = int(os.environ.get("HARNESS_FLEET_REPLICAS") or DEFAULT_REPLICAS)
-        if self.router_policy is None:
-            self.router_policy = os.environ.get("HARNESS_FLEET_POLICY") or DEFAULT_POLICY
-        if self.replicas < 1:
-            raise ValueError(f"a fleet needs at least one replica, not {self.replicas}")
-        if self.router_policy not in POLICIES:
-            raise ValueError(f"unknown router policy {self.router_policy!r}; choose one of {', '.join(POLICIES)}")
+        """Resolve the settings (argument, else environment, else default); ValueError naming
+        where a bad value came from."""
+        for attr, var, parse, default in (("replicas", REPLICAS_ENV, parse_replicas, DEFAULT_REPLICAS),
+                                          ("router_policy", POLICY_ENV, parse_policy, DEFAULT_POLICY)):
+            given = getattr(self, attr)
+            source = f"{attr}={given!r}" if given is not None else f"${var}={os.environ.get(var)!r}"
+            raw = given if given is not None else (os.environ.get(var) or default)
+            try:
+                setattr(self, attr, parse(raw))
+            except ValueError as exc:
+                raise ValueError(f"fleet: {source}: {exc}") from None
 
     @property
     def size(self) -> int:

@@ -35,6 +35,9 @@ class EmbeddedServer(OwnedProcess):
     extra_env: dict[str, str] = field(default_factory=dict)
     """More environment for the server, e.g. `VLLM_ALLOW_RUNTIME_LORA_UPDATING` for adapter churn."""
     python: str = sys.executable
+    lora: bool = True
+    """Serve the model's LoRA adapters (`--enable-lora`). Off, the server takes no adapter path at
+    all: the engine crash of findings/vllm-cpu-prompt-logprobs-lora-crash.md needs it on."""
 
     def prepare(self) -> None:
         if self.model_dir is None:
@@ -61,8 +64,8 @@ class EmbeddedServer(OwnedProcess):
             "--block-size", "32",
             "--gpu-memory-utilization", "0.3",
             "--kv-cache-memory-bytes", str(1 << 30),
-            "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
-            "--lora-modules", *adapters,
+            *(("--enable-lora", "--max-lora-rank", "8", "--max-loras", "2", "--lora-modules", *adapters)
+              if self.lora else ()),
             *self.extra_args,
         ]
 

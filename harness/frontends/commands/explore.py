@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from harness.adversary.cases import DEFAULT_BUDGET
 from harness.frontends.cli import command
 
 
@@ -37,6 +38,13 @@ def _configure_explore(p: argparse.ArgumentParser) -> None:
                    help="leave LoRA adapters out of generated scenarios (e.g. while a known adapter bug is open)")
     p.add_argument("--no-solo", action="store_true", help="skip the solo (cache transparency) replay")
     p.add_argument("--no-counterfactual", action="store_true", help="skip the counterfactual re-runs")
+    p.add_argument("--adversary", action="store_true",
+                   help="give every generated scenario the adversarial tenant: schema-aware hostile values, in an "
+                   "order drawn from each example's seed, fired concurrently with the victims, so a long search "
+                   "reaches values and pairs the default run's budget leaves out")
+    p.add_argument("--adversary-budget", type=int, default=None, metavar="N",
+                   help="with --adversary: hostile requests per example (default: the default run's "
+                   f"{DEFAULT_BUDGET}; a smaller budget gives more, shorter examples)")
 
 
 def _print_example(console: Console, counter: list[int]):  # type: ignore[no-untyped-def]
@@ -86,10 +94,15 @@ def explore_cmd(args: argparse.Namespace) -> int:
     except ValueError as exc:
         console.print(f"error: {exc}")
         return 2
+    if args.adversary_budget is not None and (not args.adversary or args.adversary_budget < 1):
+        console.print("error: --adversary-budget needs --adversary and a request count of at least 1")
+        return 2
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     budget = f"{args.time:g} s" if args.time else f"{args.examples or 20} examples"
     console.print(f"explore: seed {seed} (repeat with --seed {seed}), {budget}"
-                  + (f", fault {args.fault}" if args.fault else ""), highlight=False)
+                  + (f", fault {args.fault}" if args.fault else "")
+                  + (f", adversary ({args.adversary_budget or DEFAULT_BUDGET} hostile requests per example)"
+                     if args.adversary else ""), highlight=False)
     try:
         with target_url(args.target, console) as url:
             cfg = ExploreConfig(target=url, examples=None if args.time else (args.examples or 20),
@@ -98,7 +111,8 @@ def explore_cmd(args: argparse.Namespace) -> int:
                                 max_reduce_runs=args.reduce_runs, confirm=args.confirm, timeout_s=args.timeout,
                                 solo=not args.no_solo, counterfactual=not args.no_counterfactual,
                                 strategy=scenarios(adapters=(None,)) if args.no_adapters else None,
-                                known_findings=known)
+                                known_findings=known, adversary=args.adversary,
+                                adversary_budget=args.adversary_budget)
             result = explore(cfg, on_example=_print_example(console, [0]))
     except LaunchError as exc:
         console.print(f"error: {exc}")

@@ -13,10 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from harness.adversary.cases import DEFAULT_BUDGET
 from harness.checks.compare import DEFAULT_TOLERANCE
 from harness.client.connection import CredentialError
 from harness.frontends.cli import command
 from harness.frontends.config import RUN_DEFAULTS, ConfigError, FileConfig, load_config, merge
+from harness.frontends.fleet_args import FLEET_STACK, FleetArgsError, add_fleet_args, fleet_options
 from harness.frontends.runs import RunConfig, run_files, run_isolation
 from harness.frontends.target_args import add_target_args, connection_from
 from harness.nemesis import NEMESES, NemesisError, parse_nemeses
@@ -40,7 +42,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="a gateway in front of the target sets each tenant's cache salt from its key: cache "
                    "domains are taken from tenant identities (give each tenant its key: tenants.NAME.api_key_env)")
     p.add_argument("--stack", choices=STACKS, default=None,
-                   help="without --target: the server to launch, vllm (default) or llama-cpp (needs `make llama-cpp`)")
+                   help="without --target: the server to launch, vllm (default), llama-cpp (needs `make llama-cpp`) "
+                   "or vllm-fleet (embedded vLLM replicas behind vllm-router; README, \"A fleet under test\")")
+    add_fleet_args(p)
     p.add_argument("--scenario", action="append", type=Path, default=None, metavar="FILE_OR_DIR",
                    help="scenario file or folder (repeatable; default: scenarios/)")
     p.add_argument("--report-dir", type=Path, default=None, help="where reports go (default: reports/latest)")
@@ -64,10 +68,25 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    "the requests that were in flight (once it answers again) and bisect them to the smallest group "
                    "that does it; without it such an incident is UNKNOWN (a server the harness launched is always "
                    "restarted and replayed)")
+    p.add_argument("--adversary-budget", type=_budget, default=None, metavar="N",
+                   help="hostile requests the adversarial tenant sends per adversarial scenario (a request count, "
+                   f"so a run is the same on every machine; default: {DEFAULT_BUDGET}, about three minutes with the "
+                   "embedded server on 2 cores); a larger budget goes deeper into the schema's values and pairs")
     p.add_argument("--nemesis", default=None, metavar="NAME[,NAME]",
                    help="disturb the server while clients run: " + "; ".join(f"{n}: {d}" for n, d in NEMESES.items())
                    + " (README, \"Nemeses\")")
     add_target_args(p)
+
+
+def _budget(text: str) -> int:
+    """A request-count budget: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of requests, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 request, got {n}")
+    return n
 
 
 def settings(args: argparse.Namespace, file: FileConfig | None = None) -> dict[str, Any]:
@@ -101,11 +120,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         names = parse_nemeses(s["nemesis"])
         check_target(names, cfg.target, cfg.stack)
-    except NemesisError as exc:
+        fleet = fleet_options(cfg.stack, s["replicas"], s["router_policy"], cfg.target)
+    except (NemesisError, FleetArgsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not names:
+    budget = s["adversary_budget"]
+    if not names and budget is None and (cfg.target or cfg.stack != FLEET_STACK):
         return run_isolation(cfg).exit_code
-    stack = make_stack(cfg.target, cfg.stack, **({} if cfg.target or cfg.stack != "vllm" else embedded_options(names)))
-    return run_files(list(cfg.scenario_paths), stack, replace(cfg.options(), nemesis=names), Path(cfg.report_dir),
-                     cfg.known_findings).exit_code
+    try:  # a fleet's settings are checked here (flags, file, else its environment variables)
+        stack = make_stack(cfg.target, cfg.stack,
+                           **(fleet or ({} if cfg.target or cfg.stack != "vllm" else embedded_options(names))))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    opts = replace(cfg.options(), nemesis=names, adversary_budget=budget)
+    return run_files(list(cfg.scenario_paths), stack, opts, Path(cfg.report_dir), cfg.known_findings).exit_code

@@ -3,6 +3,8 @@
 `--stack vllm` (default): vLLM with prefix caching, salts, cached-token counts, reset, adapters.
 `--stack llama-cpp`: llama.cpp (llama-cpp-python's server) on the same model converted to GGUF
 once; it offers none of those cache observations (see docs/llamacpp.md).
+`--stack vllm-fleet [--replicas N] [--router-policy P]`: N embedded vLLM replicas behind
+vllm-router (`stacks.fleet`); `--port` is the router's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.frontends.cli import command
+from harness.frontends.fleet_args import FLEET_STACK, FleetArgsError, add_fleet_args, fleet_options
 from harness.stacks import make_stack, stack_names
 from harness.stacks.fleet import FleetStack
 from harness.stacks.process import LaunchError, OwnedProcess
@@ -22,7 +25,8 @@ from harness.stacks.process import LaunchError, OwnedProcess
 
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stack", choices=stack_names(), default="vllm",
-                   help="serving stack: vllm (default) or llama-cpp (needs `make llama-cpp`)")
+                   help="serving stack: vllm (default), llama-cpp (needs `make llama-cpp`) or vllm-fleet (replicas "
+                   "behind vllm-router; needs the `fleet` extra)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, loopback only; 0.0.0.0 in a container)")
@@ -34,12 +38,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="vllm only: require this API key on /v1 requests (vLLM's own --api-key; default: "
                    "$HARNESS_SERVE_API_KEY, else none)")
-    p.add_argument("--replicas", type=int, default=None,
-                   help="vllm-fleet only: embedded vLLM replicas behind the router (default: $HARNESS_FLEET_REPLICAS, "
-                   "else 2); --port is the router's")
-    p.add_argument("--router-policy", default=None, metavar="POLICY",
-                   help="vllm-fleet only: the router's --policy, e.g. cache_aware (default), kv_aware, round_robin "
-                   "(default: $HARNESS_FLEET_POLICY)")
+    add_fleet_args(p)  # with vllm-fleet, --port is the router's
     p.add_argument("--no-interrupt-requests", action="store_true",
                    help="llama-cpp only: turn off llama-cpp-python's default of cutting a running stream short "
                         "when another request waits (a cross-tenant finding, docs/llamacpp.md)")
@@ -51,15 +50,17 @@ def serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = dict(model_dir=args.model_dir, port=args.port, log_path=args.log,
                                    startup_timeout_s=args.startup_timeout, host=args.host)
     api_key = args.api_key or os.environ.get("HARNESS_SERVE_API_KEY") or None
-    if (args.replicas is not None or args.router_policy is not None) and args.stack != "vllm-fleet":
-        print("error: --replicas and --router-policy apply to --stack vllm-fleet only", file=sys.stderr)
+    try:
+        fleet = fleet_options(args.stack, args.replicas, args.router_policy)
+    except FleetArgsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.stack == "vllm-fleet":
+    if args.stack == FLEET_STACK:
         if api_key or args.gguf is not None or args.no_interrupt_requests:
             print("error: --api-key, --gguf and --no-interrupt-requests do not apply to --stack vllm-fleet",
                   file=sys.stderr)
             return 2
-        options.update(replicas=args.replicas, router_policy=args.router_policy)
+        options.update(fleet)
     elif args.stack == "llama-cpp":
         if api_key:
             print("error: --api-key applies to --stack vllm only", file=sys.stderr)
@@ -70,7 +71,11 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     elif api_key:
         options.update(extra_env={"VLLM_API_KEY": api_key})  # not on the command line: no other user sees it
-    server = make_stack(None, args.stack, **options)
+    try:
+        server = make_stack(None, args.stack, **options)
+    except ValueError as exc:  # a bad $HARNESS_FLEET_REPLICAS / $HARNESS_FLEET_POLICY
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     assert isinstance(server, OwnedProcess | FleetStack), "serve runs the stacks the harness launches"
     name = server.NAME
     print(f"starting {name} on {args.host}:{args.port} (log: {args.log or '.cache/logs/'}) ...", flush=True)
