@@ -81,9 +81,10 @@ test: setup browser llama-cpp gateway fleet
 	$(MAKE) lint
 	$(PY) -m pytest -q -ra -m "not matrix"
 
-# The long real-server runs kept out of `make test` (marked `matrix`): the crash-triage runs on the
-# embedded server, the adversary and its crash-combo proof, the mutant subset, the fleet smoke run,
-# the noise-calibration runs and the library's adversarial scenario on a server of its own.
+# The long real-server runs kept out of `make test` (marked `matrix`), each on a server of its own:
+# an owned server killed from outside mid-run, the adversary and its crash-combo proof (on the server
+# without LoRA), the fleet smoke run, the prompt_logprobs crash reproducer, and the library's
+# adversarial scenario on the LoRA server (README, "What has been run").
 test-matrix: setup browser llama-cpp gateway fleet
 	$(PY) -m pytest -q -ra -m matrix
 

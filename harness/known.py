@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness.adversary.coverage import parse as parse_case
 from harness.checks.compare import Divergence
 from harness.history.record import History, Operation, Role
 from harness.verdict import CheckResult, Violation
@@ -114,6 +115,10 @@ class KnownFinding(BaseModel):
     group_has_field: list[str] | None = Field(
         None, description="only violations whose group (its operations' recorded request bodies) has a request "
         "that sets one of these fields to a non-null value")
+    group_only_fields: list[str] | None = Field(
+        None, description="only violations whose group's hostile requests vary these fields alone (the adversary's "
+        "case names what each one varied): a group whose requests also vary another field could be that field's "
+        "bug, so it is not absorbed")
     group_size_max: int | None = Field(
         None, ge=1, description="only violations whose group has at most this many requests (a larger group is "
         "another bug)")
@@ -143,7 +148,8 @@ class KnownFinding(BaseModel):
         if self.group_size_max is not None and not 0 < len(v.op_ids) <= self.group_size_max:
             return False
         ops = _ops_of(v, history)
-        sees_ops = self.roles is not None or self.models is not None or self.group_has_field is not None
+        sees_ops = (self.roles is not None or self.models is not None or self.group_has_field is not None
+                    or self.group_only_fields is not None)
         if sees_ops and (not v.op_ids or len(ops) != len(set(v.op_ids))):
             return False  # an operation the signature must see is missing: never absorbed blind
         if self.roles is not None and not all(o.role in self.roles for o in ops):
@@ -153,6 +159,8 @@ class KnownFinding(BaseModel):
         if self.group_has_field is not None and not any(
                 o.request.get(f) is not None for o in ops for f in self.group_has_field):
             return False
+        if self.group_only_fields is not None and not _varies_only(ops, set(self.group_only_fields)):
+            return False
         if _warm_reference(v, history):
             return False  # a reference that may have run warm cannot show which bug this is
         return not self.batched_with_other_model or _batched_with_other_model(v, history)
@@ -161,6 +169,17 @@ class KnownFinding(BaseModel):
 def _ops_of(v: Violation, history: History) -> list[Operation]:
     wanted = set(v.op_ids)
     return [o for o in history.ops if o.op_id in wanted]
+
+
+def _varies_only(ops: list[Operation], allowed: set[str]) -> bool:
+    """Every hostile request among `ops` varied only fields in `allowed` (by its case name: a value, an
+    identical group or a pairwise row; identity confusion and headers are never allowed)."""
+    for o in ops:
+        if o.role.hostile:
+            case = parse_case(o)
+            if case["kind"] in ("confusion", "header") or any(f not in allowed for f, _ in case["parts"]):
+                return False
+    return True
 
 
 def _warm_reference(v: Violation, history: History) -> bool:

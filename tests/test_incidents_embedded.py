@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 LIBRARY = Path(__file__).resolve().parents[1] / "scenarios"
 
 
+@pytest.mark.matrix  # a server of its own, killed and restarted: about 2 minutes, `make test-matrix`
 def test_owned_server_killed_from_outside_is_unknown_with_one_incident(tmp_path: Path) -> None:
     server = EmbeddedServer(log_path=tmp_path / "vllm.log")
     server.start()

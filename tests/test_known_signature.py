@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from bench.fake_server import FakeServer
+from harness.adversary.coverage import parse as parse_case
 from harness.engine import RunOptions
 from harness.faults.stack import FaultedStack
 from harness.frontends.runs import run_files
@@ -89,10 +90,20 @@ LOGPROBS = {"model": "tiny-llama", "prompt": " p", "max_tokens": 8, "prompt_logp
 PLAIN = {"model": "tiny-llama", "prompt": " p", "max_tokens": 8}
 
 
+def _case_name(body: dict[str, object]) -> str:
+    """The adversary's case name for a body: the fields it varies beyond a plain request (a pairwise
+    row joins them with "+")."""
+    return "+".join(f"{k}=value:{body[k]}" for k in body if k not in PLAIN)
+
+
 def _crash_history(*bodies: dict[str, object]) -> History:
-    """The adversarial scenario's requests in flight at an incident, with these recorded bodies."""
+    """The adversarial scenario's requests in flight at an incident, with these recorded bodies: a
+    body that varies no field is a victim's request, the others the adversary's (named by case)."""
     ops = [op("adversary", "mallory", [], scenario="adversarial-tenant", ok=False, status=500, request=dict(b),
-              op_id=f"adversary/adversarial-tenant/case#{i}") for i, b in enumerate(bodies)]
+              op_id=f"adversary/adversarial-tenant/{_case_name(b)}#x2.{i}") if _case_name(b) else
+           op("main", "a1", [], scenario="adversarial-tenant", ok=False, status=500, request=dict(b),
+              op_id=f"main/adversarial-tenant/a1/{i}")
+           for i, b in enumerate(bodies)]
     return History([info("main", {"a1": 0}, scenario="adversarial-tenant"), *ops])
 
 
@@ -119,6 +130,15 @@ def test_a_crash_whose_group_lacks_prompt_logprobs_is_not_the_crash_finding() ->
     assert not _absorbed(CRASH, _incident(h), h)
     nulled = _crash_history({**PLAIN, "prompt_logprobs": None}, PLAIN)  # set to null: not carried
     assert not _absorbed(CRASH, _incident(nulled), nulled)
+
+
+def test_a_crash_whose_group_also_varies_another_field_is_not_the_crash_finding() -> None:
+    """A pairwise row that set prompt_logprobs and echo: the crash may be echo's (another bug)."""
+    h = _crash_history({**LOGPROBS, "echo": True}, LOGPROBS)
+    assert not _absorbed(CRASH, _incident(h), h)
+    confused = _crash_history(LOGPROBS, PLAIN)
+    confused.ops[0].op_id = "adversary/adversarial-tenant/confuse-during:cache_salt=victim"
+    assert not _absorbed(CRASH, _incident(confused), confused)  # identity confusion is not prompt_logprobs
 
 
 def test_a_three_request_group_is_not_the_crash_finding() -> None:
@@ -176,7 +196,9 @@ class _Vllm0320Stack(FakeStack):
 
 def _crash_combo(seed: int, tmp_path: Path) -> tuple[Any, str, set[str]]:
     stack = FaultedStack(_Vllm0320Stack(tokens=4), "crash-combo", seed=seed)
-    opts = RunOptions(counterfactual=False, solo=False, calibration_repeats=0, adversary_budget=100)
+    # the default budget: its identical groups put two carriers of the fault's field in flight together
+    # by construction (a smaller one leaves that to timing)
+    opts = RunOptions(counterfactual=False, solo=False, calibration_repeats=0)
     out = run_files([ROOT / "scenarios" / "adversarial-tenant.yaml"], stack, opts, tmp_path,
                     known_findings=ROOT / "known-findings.yaml")
     spec = stack.proxy._fault.spec  # type: ignore[union-attr]
@@ -192,6 +214,13 @@ def test_a_different_batch_crash_still_fails_with_the_baseline_in_force(seed: in
     assert CRASH.id in known and not known[CRASH.id].violations  # the finding applied, and took nothing
     assert known[CRASH.id].status is Status.NOT_RECHECKED  # its reproducer needs models the fake lacks
     availability = out.check("availability")
+    # The fault crashes a pair only while both are in flight at the proxy: on a loaded machine the
+    # replays may fail to overlap them, and an incident not reproduced is UNKNOWN (never absorbed,
+    # never PASS). Whenever one is reproduced, it FAILs the run with the baseline in force.
+    assert out.verdict is not Verdict.PASS and availability.verdict is not Verdict.PASS
+    if availability.verdict is Verdict.UNKNOWN:
+        assert not availability.violations and availability.evidence["incidents"] > 0
+        return
     assert out.verdict is Verdict.FAIL and availability.verdict is Verdict.FAIL
     assert all(v.details.get("incident") for v in availability.violations)
     assert {i for v in availability.violations for i in v.op_ids} & injected
@@ -201,6 +230,16 @@ def test_the_same_crash_on_prompt_logprobs_pairs_is_the_crash_finding(tmp_path: 
     out, field, injected = _crash_combo(0, tmp_path)  # seed 0: the fault crashes pairs carrying prompt_logprobs
     assert field == "prompt_logprobs" and injected
     [crash] = [k for k in out.known if k.finding.id == CRASH.id]
-    assert crash.violations and all(len(v.op_ids) <= 2 for v in crash.violations)
+    # which incident's group comes out pure (prompt_logprobs alone) or a pairwise row depends on what
+    # happened to be in flight: every incident is one or the other, and at least one was reproduced
     availability = out.check("availability")
-    assert availability.verdict is not Verdict.FAIL and not availability.violations
+    assert crash.violations or availability.violations
+    assert all(len(v.op_ids) <= 2 for v in crash.violations)
+    ops = {o.op_id: o for o in out.history.ops}
+    for v in crash.violations:  # absorbed: groups that varied prompt_logprobs and nothing else
+        assert all(f == "prompt_logprobs"
+                   for i in v.op_ids if ops[i].role.hostile for f, _ in parse_case(ops[i])["parts"])
+    # a pairwise row that set prompt_logprobs and another field could be that field's bug: it still FAILs
+    for v in availability.violations:
+        varied = {f for i in v.op_ids if ops[i].role.hostile for f, _ in parse_case(ops[i])["parts"]}
+        assert "prompt_logprobs" in varied and varied - {"prompt_logprobs"}, v.message

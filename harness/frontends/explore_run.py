@@ -68,8 +68,10 @@ def run_scenario(scenario: Scenario, target: str, report_dir: Path, *, fault: st
     # A scenario with an adversarial tenant draws its order of hostile values from its own seed, so
     # each example of a search sends different schema-aware values (harness.adversary.plan).
     rotation = scenario.seed + 1 if scenario.adversary else 0
+    # A search runs many examples: a known finding one of them did not provoke is not re-checked
+    # with its own reproducer each time (`harness.known_repro`; `kvbleed run` does that once).
     options = RunOptions(counterfactual=counterfactual, solo=solo, timeout_s=timeout_s, known_findings=known_findings,
-                         adversary_budget=adversary_budget, adversary_rotation=rotation)
+                         adversary_budget=adversary_budget, adversary_rotation=rotation, recheck_known=False)
     return run_and_report([scenario], stack, options, report_dir, console)
 
 
