@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, Literal
 
 from aiohttp import web
@@ -58,15 +58,24 @@ class _LoopThread:
             self.loop.close()
 
 
+def _answer(doc: Any) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_: web.Request) -> web.Response:
+        return web.json_response(doc)
+    return handler
+
+
 class FakeStack:
     """A `Stack` over bench/fake_server.py. `server` is the live `FakeServer` in thread mode."""
 
     NAME: ClassVar[str] = "fake server"
 
     def __init__(self, mode: Mode = "thread", *, block_size: int = 4, tokens: int | None = None,
-                 models: tuple[str, ...] = (MODEL,)) -> None:
+                 models: tuple[str, ...] = (MODEL,), documents: dict[str, Any] | None = None) -> None:
         self.mode: Mode = mode
         self.block_size, self.tokens, self.models = block_size, tokens, models
+        self.documents = dict(documents or {})
+        """JSON answered to GET at these paths beside the fake's own (e.g. /openapi.json, /version:
+        the fake dressed as a given server); thread mode only."""
         self.server: FakeServer | None = None
         self.startup_s: float | None = None
         self.restarts = 0
@@ -91,8 +100,12 @@ class FakeStack:
         port = free_port()
         if self.mode == "thread":
             self.server = FakeServer(self.tokens, self.block_size, self.models)
-            self._loop = _LoopThread(self.server.app(), port)
+            app = self.server.app()
+            for path, doc in self.documents.items():
+                app.router.add_get(path, _answer(doc))
+            self._loop = _LoopThread(app, port)
         else:
+            assert not self.documents, "documents are served in thread mode only"
             self._proc = FakeServer.spawn(port, self.tokens, self.block_size)
         self._url = f"http://127.0.0.1:{port}"
         return self._url

@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from bench.fake_server import FakeServer
 from harness.adversary.cases import DEFAULT_BUDGET, IDENTITY_FIELDS, Target, identical_cases, value_cases
 from harness.adversary.confusion import Domains, confusion_cases, identifiers
 from harness.adversary.coverage import fields_in_common, missing_schema, parse, summarize
@@ -26,9 +24,8 @@ from harness.frontends.runs import run_files
 from harness.history.record import FaultInjection
 from harness.scenario.io import load_scenarios
 from harness.scenario.render import UserPlan
-from harness.stacks.process import free_port
 from harness.verdict import Verdict
-from tests.fake_stack import FakeStack, _LoopThread
+from tests.fake_stack import FakeStack
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC: dict[str, Any] = json.loads((ROOT / "tests" / "data" / "vllm-0.32.0-openapi.json").read_text())
@@ -147,23 +144,9 @@ def test_groups_mix_cases_in_sizes_two_to_k() -> None:
     assert sum(len(g) for g in out) == 40
 
 
-class _DocStack(FakeStack):
+def _doc_stack(tokens: int | None = None) -> FakeStack:
     """The fake server, serving an OpenAPI document too (as vLLM does)."""
-
-    def start(self) -> str:
-        if self._url is not None:
-            return self._url
-        port = free_port()
-        self.server = FakeServer(self.tokens, self.block_size, self.models)
-        app = self.server.app()
-
-        async def openapi(_: web.Request) -> web.Response:
-            return web.json_response(DOC)
-
-        app.router.add_get("/openapi.json", openapi)
-        self._loop = _LoopThread(app, port)
-        self._url = f"http://127.0.0.1:{port}"
-        return self._url
+    return FakeStack(tokens=tokens, documents={"/openapi.json": DOC})
 
 
 def _run(stack: Any, tmp_path: Path, budget: int | None = None):
@@ -173,7 +156,7 @@ def _run(stack: Any, tmp_path: Path, budget: int | None = None):
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_crash_combo_is_found_by_the_default_adversary(seed: int, tmp_path: Path) -> None:
-    stack = FaultedStack(_DocStack(tokens=4), "crash-combo", seed=seed)
+    stack = FaultedStack(_doc_stack(tokens=4), "crash-combo", seed=seed)
     out = _run(stack, tmp_path)
     injections = [e for e in out.history.events if isinstance(e, FaultInjection)]
     assert injections, "the default plan never fired two carriers of the chosen field together"
@@ -189,7 +172,7 @@ def test_crash_combo_is_found_by_the_default_adversary(seed: int, tmp_path: Path
 
 def test_without_the_fault_the_adversary_finds_nothing_on_the_fake(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    stack = FaultedStack(_DocStack(tokens=4), None)
+    stack = FaultedStack(_doc_stack(tokens=4), None)
     out = _run(stack, tmp_path)
     availability = next(c for c in out.decision.checks if c.name == "availability")
     assert availability.verdict is Verdict.PASS, (availability.violations[:3], availability.notes)

@@ -8,19 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from bench.fake_server import FakeServer
 from harness.adversary.coverage import parse as parse_case
 from harness.engine import RunOptions
 from harness.faults.stack import FaultedStack
 from harness.frontends.runs import run_files
 from harness.history.record import FaultInjection, History
 from harness.known import KnownFinding, Status, known_violations, load_known_findings, match_known
-from harness.stacks.process import free_port
 from harness.verdict import CheckResult, Verdict, Violation, decide
 from tests.factories import ample_evidence, info, op
-from tests.fake_stack import FakeStack, _LoopThread
+from tests.fake_stack import FakeStack
 
 ROOT = Path(__file__).resolve().parents[1]
 FINDINGS = {f.id: f for f in load_known_findings(ROOT / "known-findings.yaml")}
@@ -170,32 +167,14 @@ def test_the_crash_finding_applies_only_to_its_server_version() -> None:
 OPENAPI: dict[str, Any] = json.loads((ROOT / "tests" / "data" / "vllm-0.32.0-openapi.json").read_text())
 
 
-class _Vllm0320Stack(FakeStack):
+def _vllm_0320_stack(tokens: int | None = None) -> FakeStack:
     """The fake server dressed as the embedded one: vLLM 0.32.0's OpenAPI document and /version, so
     the baseline's findings apply to the run."""
-
-    def start(self) -> str:
-        if self._url is not None:
-            return self._url
-        port = free_port()
-        self.server = FakeServer(self.tokens, self.block_size, self.models)
-        app = self.server.app()
-
-        async def openapi(_: web.Request) -> web.Response:
-            return web.json_response(OPENAPI)
-
-        async def version(_: web.Request) -> web.Response:
-            return web.json_response({"version": "0.32.0"})
-
-        app.router.add_get("/openapi.json", openapi)
-        app.router.add_get("/version", version)
-        self._loop = _LoopThread(app, port)
-        self._url = f"http://127.0.0.1:{port}"
-        return self._url
+    return FakeStack(tokens=tokens, documents={"/openapi.json": OPENAPI, "/version": {"version": "0.32.0"}})
 
 
 def _crash_combo(seed: int, tmp_path: Path) -> tuple[Any, str, set[str]]:
-    stack = FaultedStack(_Vllm0320Stack(tokens=4), "crash-combo", seed=seed)
+    stack = FaultedStack(_vllm_0320_stack(tokens=4), "crash-combo", seed=seed)
     # the default budget: its identical groups put two carriers of the fault's field in flight together
     # by construction (a smaller one leaves that to timing)
     opts = RunOptions(counterfactual=False, solo=False, calibration_repeats=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,15 @@ class Captured:
     def usable(self) -> bool:
         """A complete, successful, parsed response (the only kind faults edit or reuse)."""
         return self.status == 200 and self.payloads is not None and self.broken is None and (self.done or not self.sse)
+
+    def prompt_details(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """(usage, usage.prompt_tokens_details) of every payload that reports both as objects: where
+        the cached-token count lives, for the faults that edit it."""
+        for p in self.payloads or ():
+            usage = p.get("usage")
+            details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+            if isinstance(usage, dict) and isinstance(details, dict):
+                yield usage, details
 
 
 def parse_captured(cap: Captured) -> None:

@@ -26,11 +26,8 @@ class HideHits(Fault):
     async def on_response(self, call: Call, cap: Captured) -> Captured:
         if not cap.usable:
             return cap
-        assert cap.payloads is not None
-        for p in cap.payloads:
-            usage = p.get("usage")
-            details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
-            if isinstance(details, dict) and "cached_tokens" in details and self.ctx.draw():
+        for _, details in cap.prompt_details():
+            if "cached_tokens" in details and self.ctx.draw():
                 del details["cached_tokens"]
                 cap.modified = True
                 self.ctx.record(call, "deleted the reported cached_tokens")

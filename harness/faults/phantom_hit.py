@@ -27,14 +27,9 @@ class PhantomHit(Fault):
     async def on_response(self, call: Call, cap: Captured) -> Captured:
         if not cap.usable:
             return cap
-        assert cap.payloads is not None
-        for p in cap.payloads:
-            usage = p.get("usage")
-            if not isinstance(usage, dict):
-                continue
-            details = usage.get("prompt_tokens_details")
+        for usage, details in cap.prompt_details():
             prompt_tokens = usage.get("prompt_tokens")
-            if not isinstance(details, dict) or details.get("cached_tokens") != 0 or not isinstance(prompt_tokens, int):
+            if details.get("cached_tokens") != 0 or not isinstance(prompt_tokens, int):
                 continue
             fake = prompt_tokens // PHANTOM_BLOCK * PHANTOM_BLOCK
             if fake <= 0 or not self.ctx.draw():
