@@ -158,7 +158,7 @@ class FakeServer:
 
     async def list_models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake", "root": m, "parent": None,
-                 "max_model_len": 1 << 20} for m in self.models]
+                 "max_model_len": MAX_TOKENS} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -188,15 +188,12 @@ class FakeServer:
             return web.json_response({"error": {"message": f"The model `{model}` does not exist.",
                                                 "type": "NotFoundError", "param": "model", "code": 404}},
                                      status=404)
-        if chat:
-            ids = chat_ids(body.get("messages") or [])
-            top = int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
-        else:
-            prompt = body.get("prompt") or ""
-            ids = tokenize(prompt if isinstance(prompt, str) else " ".join(map(str, prompt)))
-            top = body.get("logprobs")
-            top = int(top) if top is not None else None
-        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        try:
+            ids, top, max_tokens = _parse(body, chat)
+        except (TypeError, ValueError, AttributeError, KeyError) as e:
+            # a validating server answers a malformed field with 400, never 500
+            return web.json_response({"error": {"message": f"invalid request: {e}", "type": "BadRequestError",
+                                                "param": None, "code": 400}}, status=400)
         n = min(max_tokens, self.tokens) if self.tokens else max_tokens
         domain = (model, body.get("cache_salt"))
         cached = self.cache.lookup_and_insert(domain, ids)
@@ -227,6 +224,34 @@ class FakeServer:
     def spawn(port: int | None = None, tokens: int | None = None, block_size: int = 32,
               timeout_s: float = 30.0) -> SpawnedServer:
         return SpawnedServer(port or free_port(), tokens, block_size, timeout_s)
+
+
+MAX_TOKENS = 4096
+"""The fake's context length in generated tokens: larger requests are refused like a real server's."""
+
+
+def _parse(body: dict[str, Any], chat: bool) -> tuple[list[int], int | None, int]:
+    """The prompt's ids, top logprobs and max_tokens of a request; raises on a malformed field."""
+    if chat:
+        ids = chat_ids(body.get("messages") or [])
+        top = int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
+    else:
+        prompt = body.get("prompt") or ""
+        if not isinstance(prompt, (str, list)):
+            raise TypeError(f"prompt must be a string or a list, not {type(prompt).__name__}")
+        ids = tokenize(prompt if isinstance(prompt, str) else " ".join(map(str, prompt)))
+        raw = body.get("logprobs")
+        top = int(raw) if raw is not None else None
+    max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+    if not 0 < max_tokens <= MAX_TOKENS or (top is not None and not 0 <= top <= 20):
+        raise ValueError("max_tokens or logprobs out of range")
+    salt = body.get("cache_salt")
+    if salt is not None and not isinstance(salt, str):
+        raise TypeError("cache_salt must be a string")
+    float(body.get("temperature") or 0.0)
+    if not isinstance(body.get("stream_options") or {}, dict):
+        raise TypeError("stream_options must be an object")
+    return ids, top, max_tokens
 
 
 class _Ctx:

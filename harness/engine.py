@@ -45,7 +45,7 @@ from harness.known_repro import recheck_known
 from harness.nemesis.runner import NemesisRunner, embedded_adapters
 from harness.plan.identity import with_identity_domains
 from harness.plan.resolve import ResolveError, select_model
-from harness.probe.needs import probe_target, solo_isolation
+from harness.probe.needs import offered, probe_target, solo_isolation
 from harness.probe.openapi import fetch_document
 from harness.probe.types import ProbeError
 from harness.result import RunMeta, RunResult
@@ -135,6 +135,8 @@ class _Run:
     meta: RunMeta
     skipped: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    lacking: dict[str, str] = field(default_factory=dict)
+    """What the capability probe could not verify (need -> why): no check resting on it may PASS."""
 
 
 def run(scenarios: list[Scenario], stack: Stack, options: RunOptions | None = None, *,
@@ -267,7 +269,8 @@ def _finish(state: _Run, history: History, scenarios: list[Scenario], started: f
     opts = state.options
     judged = judged or _judge(state, history)
     results, known = judged.results, judged.known
-    decision = decide(results, known_violations(known), error=state.error, skipped=state.skipped)
+    decision = decide(results, known_violations(known), error=state.error, skipped=state.skipped,
+                      lacking=state.lacking)
     state.meta.duration_s = round(time.time() - started, 1)
     state.meta.requests = len(history.ops)
     state.meta.extra["noise_profile"] = noise_profile(history).to_json(opts.tolerance)
@@ -288,6 +291,8 @@ async def _go(state: _Run, stack: Stack, scenarios: list[Scenario]) -> None:
         entries = select_model(await client.model_entries(), opts.model)
         caps = await probe_target(client)
         meta.capabilities = caps.to_json()
+        lacking = offered(caps, can_restart=stack.traits.can_restart).items()
+        state.lacking = {need: why for need, why in lacking if why is not None}
         mode = solo_isolation(caps, can_restart=stack.traits.can_restart)
         meta.solo_isolation = mode
         doc = await fetch_document(client) if any(s.adversary for s in scenarios) else None

@@ -103,12 +103,13 @@ def without_known(results: list[CheckResult], known: Iterable[Violation]) -> lis
 
 
 def decide(results: list[CheckResult], known: Iterable[Violation] = (), *, error: str | None = None,
-           skipped: dict[str, str] | None = None) -> Decision:
+           skipped: dict[str, str] | None = None, lacking: dict[str, str] | None = None) -> Decision:
     """The run's verdict, by the rule table in docs/design.md, "Verdict" (first matching row wins
     after rule 1 has adjusted the checks):
 
     1. a check's violations that match known findings are moved out; a FAIL left with none is PASS;
-       a PASS below the minimum evidence for it (harness.evidence) is UNKNOWN;
+       a PASS below the minimum evidence for it (harness.evidence) is UNKNOWN, and so is a PASS of a
+       check that needs what the capability probe could not verify (`lacking`: need -> why);
     2. no check decided (none ran, or every one was N/A)        -> UNKNOWN;
     3. some check FAILed (even if the run stopped early)        -> FAIL;
     4. the run stopped early (`error`)                          -> UNKNOWN;
@@ -120,7 +121,7 @@ def decide(results: list[CheckResult], known: Iterable[Violation] = (), *, error
 
     checks = without_known(results, known)
     table = assess(checks)
-    checks = enforce(checks, table)
+    checks = unverified_needs(enforce(checks, table), lacking or {})
     deciding = [r for r in checks if r.verdict is not Verdict.NOT_APPLICABLE]
     failed = [r for r in deciding if r.verdict is Verdict.FAIL]
     unknown = [r for r in deciding if r.verdict is Verdict.UNKNOWN]
@@ -142,6 +143,24 @@ def decide(results: list[CheckResult], known: Iterable[Violation] = (), *, error
         verdict = Verdict.PASS
         reasons.append(f"every check that applied held and was exercised ({len(deciding)} check(s))")
     return Decision(verdict, reasons, checks, table)
+
+
+def unverified_needs(checks: list[CheckResult], lacking: dict[str, str]) -> list[CheckResult]:
+    """A PASS resting on something the probe could not verify (cached-token counts that a repeated
+    prompt did not show, a salt that did not separate) is UNKNOWN: the check ran on numbers the
+    target was not shown to report truthfully (fail closed)."""
+    from harness.checks.base import REGISTRY  # the registry imports this module: imported here
+
+    out = []
+    for r in checks:
+        spec = REGISTRY.get(r.name)
+        missing = [n.value for n in spec.needs if n.value in lacking] if spec is not None else []
+        if r.verdict is Verdict.PASS and missing:
+            why = "; ".join(f"{n}: {lacking[n]}" for n in missing)
+            note = f"the probe could not verify what it needs ({why})"
+            r = replace(r, verdict=Verdict.UNKNOWN, notes=[*r.notes, note])
+        out.append(r)
+    return out
 
 
 def decide_exploration(found: int, aborted: str | None, verdicts: dict[str, int]) -> Decision:

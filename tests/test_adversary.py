@@ -182,6 +182,7 @@ def test_without_the_fault_the_adversary_finds_nothing_on_the_fake(tmp_path: Pat
     assert {"confusion", "identical", "value", "pair", "header"} <= set(cov["by_kind"])
     assert cov["table"]["chat"] and cov["plan"]["pairwise_pairs_total"] > 0
     assert cov["plan"]["endpoints_not_driven"] == ["/v1/responses"]
+    assert "declares no request fields" in cov["plan"]["endpoints_not_driven_why"]["/v1/responses"]
     assert not missing_schema(out.history)
     # the coverage table in the HTML and a line on the console, with the run's own numbers
     page = (tmp_path / "report.html").read_text()

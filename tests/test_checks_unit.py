@@ -179,6 +179,33 @@ def test_server_counters_agree_or_fail() -> None:
     assert none.verdict is Verdict.NOT_APPLICABLE  # nothing to cross-check
 
 
+def test_server_counters_add_up_the_lives_of_a_server_the_harness_restarted() -> None:
+    """A cold solo reference restarts the server: each life's counter delta is added up, so a
+    server that hides hits (reports fewer than it counted) still FAILs on an owned server."""
+    from harness.history.record import LIFE_END, LIFE_START, HistoryHeader, Incident, MetricsSnapshot
+
+    a = acc_op("a", list(range(40)), 32, 1.0, 2.0)
+    b = acc_op("a", list(range(40)), 0, 5.0, 6.0)  # the second life: cold
+
+    def hist(end_hits: float, second_life_hits: float, bracketed: bool = True) -> History:
+        records: list[Any] = [HistoryHeader(stack_owned=True), info("main", {"a": 0}),
+                              MetricsSnapshot("before", 0.0, 10, 100), a]
+        if bracketed:
+            records.append(MetricsSnapshot(LIFE_END, 3.0, 20, end_hits))
+        records.append(Incident("restart", 3.5, caused_by_harness=True, message="restarted by the harness"))
+        if bracketed:
+            records.append(MetricsSnapshot(LIFE_START, 4.0, 0, 0))
+        records += [b, MetricsSnapshot("after", 7.0, 5, second_life_hits)]
+        return History(records)
+
+    [ok] = run_checks(hist(132, 0), CTX, ["server-counters"])
+    assert ok.verdict is Verdict.PASS and "2 server lives" in " ".join(ok.notes)
+    [hidden] = run_checks(hist(132, 64), CTX, ["server-counters"])  # 64 counted in life 2, 0 reported
+    assert hidden.verdict is Verdict.FAIL
+    [unbracketed] = run_checks(hist(132, 64, bracketed=False), CTX, ["server-counters"])
+    assert unbracketed.verdict is Verdict.NOT_APPLICABLE  # the counters cannot be added up
+
+
 def test_canary_rest_after_fishing_tail_counts_as_leak() -> None:
     phrase = " w1 w2 w3 w4 w5 w6 w7 w8"
     runinfo = info("main", {"a": 0, "b": 0}, canaries={"a": [phrase], "b": []}, tenants={"a": "acme", "b": "globex"})

@@ -86,6 +86,19 @@ def test_a_router_that_forgets_the_salt_fails_accounting(tmp_path: Path) -> None
     assert flagged and all(_other_salt_explains(op, result, same_replica=True) for op in flagged)
 
 
+def test_a_round_robin_router_that_forgets_the_salt_fails_accounting(tmp_path: Path) -> None:
+    """Round-robin puts every other request on the other replica: the scenario's users take turns
+    (acme, globex, globex, acme, acme, globex) so that each replica serves both tenants, whatever
+    the router's starting position, and the unsalted common system prompt is a cross-tenant hit."""
+    result = run_on(FakeFleet(policy="round_robin", forget_salt=True), tmp_path)
+    assert result.verdict is Verdict.FAIL
+    served = replica_of(result)
+    tenants_on = {r: {o.tenant for o in main_ops(result) if served[o.op_id] == r} for r in set(served.values())}
+    assert all(t == {"acme", "globex"} for t in tenants_on.values()), tenants_on
+    flagged = _flagged(result)
+    assert flagged and all(_other_salt_explains(op, result, same_replica=True) for op in flagged)
+
+
 @pytest.mark.parametrize("tier", ["shared-unsalted"])
 def test_replicas_sharing_an_unsalted_tier_fail_accounting(tier: Tier, tmp_path: Path) -> None:
     """Round-robin puts the two tenants' first requests on different replicas; the shared tier

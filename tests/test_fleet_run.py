@@ -30,7 +30,7 @@ matrix = pytest.mark.skipif(os.environ.get("HARNESS_FLEET_MATRIX") != "1",
                             reason="the fleet matrix: make fleet-matrix (HARNESS_FLEET_MATRIX=1)")
 
 
-pytestmark = [pytest.mark.integration, pytest.mark.matrix]  # `make test-matrix`
+pytestmark = [pytest.mark.integration]
 
 
 @needs_router
@@ -55,6 +55,7 @@ def test_fleet_smoke(tmp_path: Path) -> None:
 
 @needs_router
 @matrix
+@pytest.mark.matrix
 @pytest.mark.parametrize("policy", ["cache_aware", "kv_aware", "round_robin"])
 def test_steering_per_policy(policy: str) -> None:
     """Reports whether tenant A's prompt steers tenant B's routing; a cache hit across salts FAILs."""
@@ -70,6 +71,7 @@ def test_steering_per_policy(policy: str) -> None:
 
 @needs_router
 @matrix
+@pytest.mark.matrix
 def test_replica_killed_mid_run(tmp_path: Path) -> None:
     """Replica r1 kills itself at its 3rd request: no request is answered with another tenant's data
     (no output check FAILs), the death is on record, and the verdict is UNKNOWN or FAIL by cause."""

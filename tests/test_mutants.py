@@ -181,6 +181,24 @@ def test_mutated_server_environment_puts_the_boot_folder_first(tmp_path: Path) -
     assert "HARNESS_MUTANT" not in MutatedServer().environment()
 
 
+def test_a_restart_keeps_the_earlier_lives_hits_and_adds_no_arguments(tmp_path: Path) -> None:
+    """A run that restarts its server (a cold solo reference) must keep the proof of the first
+    life: emptying the hits folder on every start once left a mutant `not exercised`."""
+    model = tmp_path / "model"
+    model.mkdir()
+    hits = tmp_path / "hits"
+    hits.mkdir()
+    (hits / "hits-1.txt").write_text("stale from an earlier matrix")
+    server = MutatedServer(mutant="salt-dropped", hits_dir=hits, server_args=["--max-num-seqs", "2"],
+                           model_dir=model)
+    server.prepare()
+    assert not list(hits.iterdir())
+    (hits / "hits-2.txt").write_text("3 1")  # the first life's processes
+    server.prepare()  # the restart
+    assert (hits / "hits-2.txt").exists()
+    assert server.extra_args.count("--max-num-seqs") == 1
+
+
 # --- the judge ---------------------------------------------------------------------------------------
 
 

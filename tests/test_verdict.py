@@ -99,3 +99,21 @@ def test_exploration_rows() -> None:
     assert decide_exploration(0, None, {"pass": 3}).exit_code == 0
     # fail closed: one PASS among UNKNOWNs shows nothing about the others
     assert decide_exploration(0, None, {"pass": 1, "unknown": 4}).verdict is Verdict.UNKNOWN
+
+
+def test_a_pass_resting_on_an_unverified_capability_is_unknown() -> None:
+    """cache-accounting needs cached-token counts: when the probe's repeated prompt did not show
+    them, its PASS (on counts the target was not shown to report truthfully) is UNKNOWN; a FAIL
+    stays a FAIL, and a check that does not need it keeps its PASS."""
+    import harness.checks  # noqa: F401  (registers the checks)
+
+    lacking = {"cached-tokens": "repeat of a 105-token prompt reported cached_tokens=0"}
+    accounting = CheckResult("cache-accounting", Verdict.PASS, exercised=3, evidence={"hits_checked": 3})
+    d = decide([accounting, _r(Verdict.PASS, name="canary")], lacking=lacking)
+    assert d.verdict is Verdict.UNKNOWN
+    by = {c.name: c for c in d.checks}
+    assert by["cache-accounting"].verdict is Verdict.UNKNOWN and "could not verify" in by["cache-accounting"].notes[-1]
+    assert by["canary"].verdict is Verdict.PASS
+    failed = decide([_r(Verdict.FAIL, [_v("cache-accounting")], name="cache-accounting")], lacking=lacking)
+    assert failed.verdict is Verdict.FAIL
+    assert decide([accounting]).verdict is Verdict.PASS

@@ -93,7 +93,8 @@ def value_cases(target: Target) -> list[Case]:
     for endpoint, specs in target.endpoints.items():
         for spec in specs:
             col = [Case(label(endpoint, [(spec.name, v)]), endpoint, {spec.name: v.value}, kind="value",
-                        fields=((spec.name, v.klass),)) for v in values_for(spec, target.limits)]
+                        fields=((spec.name, v.klass),)) for v in valid_and_invalid_alternating(
+                            values_for(spec, target.limits))]
             if col:
                 columns.append(col)
     columns += [header_cases()]
@@ -101,6 +102,18 @@ def value_cases(target: Target) -> list[Case]:
     depth = max((len(c) for c in columns), default=0)
     for i in range(depth):
         out += [c[i] for c in columns if i < len(c)]
+    return out
+
+
+def valid_and_invalid_alternating(values: list[Value]) -> list[Value]:
+    """A field's values with valid and invalid ones taking turns, so that a budget that reaches
+    only the first few values of every field still sends each field an invalid one (validation
+    bugs such as an HTTP 500 for a value of the wrong type live there)."""
+    valid = [v for v in values if v.valid]
+    invalid = [v for v in values if not v.valid]
+    out: list[Value] = []
+    for i in range(max(len(valid), len(invalid))):
+        out += [v[i] for v in (valid, invalid) if i < len(v)]
     return out
 
 

@@ -20,7 +20,7 @@ from harness.adversary.cases import (
 )
 from harness.adversary.confusion import Domains, confusion_cases
 from harness.adversary.pairwise import pairwise_cases
-from harness.adversary.schema import generation_endpoints, undriven_endpoints
+from harness.adversary.schema import generation_endpoints, undriven_endpoints, why_not_driven
 from harness.adversary.values import Limits
 from harness.scenario.model import Scenario
 
@@ -38,6 +38,8 @@ class AdversaryPlan:
     pairs_total: int = 0
     not_driven: list[str] = field(default_factory=list)
     """POST endpoints of the schema the adversary does not send (reported as not covered)."""
+    not_driven_why: dict[str, str] = field(default_factory=dict)
+    """endpoint not driven -> why (`harness.adversary.schema.why_not_driven`)."""
     declared: dict[str, list[str]] = field(default_factory=dict)
     """endpoint -> the fields the schema declares."""
     boundary_fields: int = 0
@@ -56,7 +58,8 @@ class AdversaryPlan:
     def summary(self) -> dict[str, Any]:
         return {"budget": self.budget, "requests_planned": self.requests, "openapi": self.has_schema,
                 "pairwise_pairs_covered": self.pairs_covered, "pairwise_pairs_total": self.pairs_total,
-                "endpoints_not_driven": self.not_driven, "fields": self.declared,
+                "endpoints_not_driven": self.not_driven, "endpoints_not_driven_why": self.not_driven_why,
+                "fields": self.declared,
                 "boundary_fields_searched": self.boundary_fields,
                 "boundary_fields_without_maximum": self.boundary_candidates}
 
@@ -107,6 +110,7 @@ def plan_adversary(scenario: Scenario, domains: Domains, target: Target, block: 
                          after=[c for c in chosen if c.phase == "after"],
                          budget=budget, has_schema=target.has_schema, pairs_covered=covered, pairs_total=total,
                          not_driven=undriven_endpoints(doc),
+                         not_driven_why={p: why_not_driven(doc, p) for p in undriven_endpoints(doc)},
                          declared={ep: [s.name for s in specs] for ep, specs in target.endpoints.items()})
 
 

@@ -147,3 +147,12 @@ def undriven_endpoints(doc: dict[str, Any] | None) -> list[str]:
         if has_body and path not in GENERATION_PATHS:
             out.append(path)
     return out
+
+
+def why_not_driven(doc: dict[str, Any] | None, path: str) -> str:
+    """Why the adversary does not send POST `path`: the document gives it nothing to generate
+    from (vLLM 0.32 declares `/v1/responses` as a bare object), or the client does not speak it."""
+    schema = request_schema(doc, path) if isinstance(doc, dict) else None
+    if schema is None or not field_specs(doc or {}, path):
+        return "the document declares no request fields for it"
+    return "declared fields, but not an endpoint the harness client speaks"

@@ -53,7 +53,8 @@ class Limits:
 
 
 def values_for(spec: FieldSpec, limits: Limits = Limits()) -> list[Value]:
-    """Every value the adversary tries for `spec`: valid first, then invalid; labels unique."""
+    """Every value the adversary tries for `spec`: valid first (a JSON schema first where the field
+    takes one), then invalid; labels unique."""
     out: list[Value] = []
     seen: set[tuple[str, bool]] = set()
 
@@ -65,11 +66,12 @@ def values_for(spec: FieldSpec, limits: Limits = Limits()) -> list[Value]:
         out.append(Value(label, klass, value, valid))
 
     types = spec.types
+    if any(_is_json_schema_field(spec.name, a) for a in alternatives(spec.schema)):
+        # first: a field that takes a JSON schema is most often used (and exercised) with one
+        add("json-schema", "json-schema", _json_schema_value(spec), True)
     for alt in alternatives(spec.schema):
         for label, klass, value in _valid_of(spec.name, alt, limits):
             add(label, klass, value, True)
-    if any(_is_json_schema_field(spec.name, a) for a in alternatives(spec.schema)):
-        add("json-schema", "json-schema", _json_schema_value(spec), True)
     for i, drawn in enumerate(draw(json.dumps(spec.schema, sort_keys=True), DRAWS)):
         add(f"drawn-{i}", "drawn", drawn, True)
     if not spec.nullable:

@@ -4,7 +4,9 @@ Over the run, the change in the Prometheus counter `vllm:prefix_cache_hits` must
 the cached-token counts the server reported to each request. Reporting more hits than the server
 counted is a FAIL (hits that never happened, or were counted nowhere). Counting more than was
 reported is a FAIL too when the harness owns the server (no other client reaches it) and no
-restart reset the counters, after allowing for what the server may count but cannot report to a
+restart reset the counters (a restart the harness made itself, for a cold solo reference, is
+bracketed by snapshots of the old server's and the new server's counters, and the deltas of each
+server life are added up), after allowing for what the server may count but cannot report to a
 client: a failed or aborted request's prompt, and each extra choice of a request with `n` > 1
 (docs/design.md, "Cache accounting"). Against a server the harness does not own, such a surplus
 cannot be told apart from other clients' traffic: the cross-check is then not applicable (noted).
@@ -14,7 +16,15 @@ The "after" snapshot is taken once the counters have settled (harness.driver.cam
 from __future__ import annotations
 
 from harness.checks.base import CheckContext, Need, check
-from harness.history.record import History, Incident, Operation, ReplicaAttribution
+from harness.history.record import (
+    LIFE_END,
+    LIFE_START,
+    History,
+    Incident,
+    MetricsSnapshot,
+    Operation,
+    ReplicaAttribution,
+)
 from harness.verdict import CheckResult, Verdict, Violation
 
 
@@ -41,14 +51,18 @@ def counters(history: History, ctx: CheckContext) -> CheckResult:
         result.notes.append("some requests reported no cached-token count")
         return result
     reported = sum(o.cached_tokens or 0 for o in ops if o.ok)
-    counted = after.hits - before.hits
+    lives = _lives(history, before, after)
+    counted = sum(end - start for start, end in lives) if lives else after.hits - before.hits
     unreportable = _unreportable_bound(ops)
     result.exercised = len(ops)
     result.notes.append(f"counter delta {counted:g} vs sum of reported cached tokens {reported}"
                         + (f" (+ at most {unreportable} the server may count but not report)" if unreportable else ""))
     header = history.header
     owned = bool(header is not None and header.stack_owned)
-    restarted = any(isinstance(e, Incident) for e in history.events)
+    incidents = [e for e in history.events if isinstance(e, Incident)]
+    restarted = bool(incidents) and lives is None
+    if lives and len(lives) > 1:
+        result.notes.append(f"{len(lives)} server lives (restarts by the harness), each life's counters added up")
     if restarted and counted < reported - 0.5:  # the counters started again from zero mid-run
         result.verdict = Verdict.NOT_APPLICABLE
         result.notes.append("a restart reset the counters; no cross-check possible")
@@ -80,6 +94,24 @@ def counters(history: History, ctx: CheckContext) -> CheckResult:
     else:
         result.verdict = Verdict.PASS if reported > 0 else Verdict.UNKNOWN
     return result
+
+
+def _lives(history: History, before: MetricsSnapshot, after: MetricsSnapshot) -> list[tuple[float, float]] | None:
+    """(hits at its start, hits at its end) for each server life between "before" and "after", when
+    every incident of the run is a restart by the harness bracketed by a LIFE_END snapshot before it
+    and a LIFE_START snapshot after it; None otherwise (the counters cannot be added up)."""
+    incidents = sorted((e for e in history.events if isinstance(e, Incident)), key=lambda e: e.at_s)
+    ends = [m for m in history.metrics if m.label == LIFE_END]
+    starts = [m for m in history.metrics if m.label == LIFE_START]
+    if not (len(incidents) == len(ends) == len(starts)):
+        return None
+    if any(i.what != "restart" or not i.caused_by_harness for i in incidents):
+        return None
+    bounds = [before, *[m for pair in zip(ends, starts, strict=True) for m in pair], after]
+    if any(m.hits is None for m in bounds) or any(not (e.at_s <= i.at_s <= s.at_s)
+                                                  for i, e, s in zip(incidents, ends, starts, strict=True)):
+        return None
+    return [(float(a.hits or 0), float(b.hits or 0)) for a, b in zip(bounds[::2], bounds[1::2], strict=True)]
 
 
 def _prompt_len(o: Operation) -> int | None:

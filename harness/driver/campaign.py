@@ -27,7 +27,7 @@ from harness.client import TargetClient
 from harness.driver.adversary import alone_cases, health_op, own_prompt, run_adversary
 from harness.driver.driver import DriverOptions, NemesisHook, RunSpec, drive_run, now
 from harness.driver.sink import Sink
-from harness.history.record import CalibrationRun, MetricsSnapshot, Operation, Role, RunInfo
+from harness.history.record import LIFE_END, CalibrationRun, MetricsSnapshot, Operation, Role, RunInfo
 from harness.plan.plans import plan_runs
 from harness.plan.resolve import ResolveError, resolve_models, split_models
 from harness.probe.metrics import PrefixCacheCounters, parse_prefix_cache_metrics
@@ -96,7 +96,11 @@ async def drive_planned(client: TargetClient, hostile: TargetClient, entries: li
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("requests", total=total)
-        opts = DriverOptions(on_op=lambda op: progress.advance(task), restart=restart, nemesis=nemesis)
+        async def snapshot(c: TargetClient, label: str) -> None:
+            sink.append(await metrics_snapshot(c, label, settle=label == LIFE_END))
+
+        opts = DriverOptions(on_op=lambda op: progress.advance(task), restart=restart, nemesis=nemesis,
+                             snapshot=snapshot)
         sink.append(await metrics_snapshot(client, "before"))
         noisy = False
         for p in planned:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from harness.client import GenerationRequest, GenerationResult, TargetClient
 from harness.driver.sink import Sink
-from harness.history.record import Operation, RunInfo
+from harness.history.record import LIFE_END, LIFE_START, Operation, RunInfo
 from harness.probe.needs import Isolation
 from harness.scenario.model import Scenario
 from harness.scenario.render import UserPlan, request_seed
@@ -77,6 +77,9 @@ class DriverOptions:
     """Starts a fresh server process (blocking); needed by runs with isolation "restart"."""
     nemesis: NemesisHook | None = None
     """Acts on the server by operation index (docs/design.md, "Nemeses")."""
+    snapshot: Callable[[TargetClient, str], Awaitable[None]] | None = None
+    """Records the server's counters under a label: called with LIFE_END before each restart and
+    LIFE_START once the fresh server answers, so `server-counters` can add up each life."""
 
 
 def build_request(spec: RunSpec, plan: UserPlan, turn: int, outputs: list[str], salt: str | None) -> GenerationRequest:
@@ -155,8 +158,12 @@ class _Run:
         """Restart the server, then send `req` on a new connection (the old ones died with it)."""
         if self.opts.restart is None:
             raise ValueError(f"run {self.spec.run!r} needs a server restart hook (isolation 'restart')")
+        if self.opts.snapshot:
+            await self.opts.snapshot(self.client, LIFE_END)
         await asyncio.to_thread(self.opts.restart)
         async with TargetClient(self.client.base_url, timeout_s=self.client.timeout_s, keepalive=False) as fresh:
+            if self.opts.snapshot:
+                await self.opts.snapshot(fresh, LIFE_START)
             invoke = now()
             result = await fresh.generate(req)
             return result, invoke, now()

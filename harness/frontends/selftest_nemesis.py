@@ -6,7 +6,9 @@ proxy in front of it while the nemesis acts (`run_fault(..., nemesis=...)`), eac
 the plain selftest judges it (`judge`: a fault must be detected by its own detectors citing an
 injected request; a benign control must PASS). A column counts only when the nemesis really acted
 in every row (the `nemesis` check PASSed): a disturbance that never happened shows nothing.
-Exit 0 only when every cell is good. The matrix is written to `selftest-nemesis.json`.
+Exit 0 only when every cell is good. The matrix is written to `selftest-nemesis.json` after every
+cell (a long matrix killed part-way keeps what it finished); columns of other nemeses already in
+that file are kept, so the matrix can be run one nemesis at a time into one folder.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -40,6 +43,8 @@ def nemesis_matrix(args: argparse.Namespace, faults: list[str], console: Console
         console.print("error: the nemesis matrix launches an embedded vLLM server per nemesis; drop --target/--stack")
         return 2
     cells: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in names}
+    out = args.report_dir / "selftest-nemesis.json"
+    earlier = {n: col for n, col in _earlier(out).items() if n not in cells}
     for nemesis in names:
         console.print(f"[bold]nemesis {nemesis}[/]: starting the embedded server ...")
         try:
@@ -49,16 +54,31 @@ def nemesis_matrix(args: argparse.Namespace, faults: list[str], console: Console
                 for fault in faults:
                     console.print(f"[bold]{fault}[/] under {nemesis} ...")
                     cells[nemesis][fault] = _cell(args, fault, nemesis, server, lacking)
+                    _save(out, {**earlier, **cells}, faults)
         except (LaunchError, ProbeError) as exc:
             console.print(f"error: {exc}")
             return 2
     ok = all(c["good"] for col in cells.values() for c in col.values())
     _print(cells, faults, console)
-    args.report_dir.mkdir(parents=True, exist_ok=True)
-    out = args.report_dir / "selftest-nemesis.json"
-    out.write_text(json.dumps({"ok": ok, "nemeses": list(names), "faults": faults, "cells": cells}, indent=2))
+    _save(out, {**earlier, **cells}, faults)
     console.print(f"matrix: {out}")
     return 0 if ok else 1
+
+
+def _earlier(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """The columns an earlier run wrote to `path` (none when it is missing or unreadable)."""
+    try:
+        cells = json.loads(path.read_text()).get("cells")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return cells if isinstance(cells, dict) else {}
+
+
+def _save(path: Path, cells: dict[str, dict[str, dict[str, Any]]], faults: list[str]) -> None:
+    """The matrix so far; `ok` counts every column in the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok = all(c.get("good") for col in cells.values() for c in col.values())
+    path.write_text(json.dumps({"ok": ok, "nemeses": list(cells), "faults": faults, "cells": cells}, indent=2))
 
 
 async def _probe(target: str) -> Capabilities:

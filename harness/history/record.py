@@ -141,11 +141,17 @@ class Operation:
         return Role.of_run(self.run)
 
 
+LIFE_END = "life-end"
+"""The label of the counters of a server the harness is about to restart."""
+LIFE_START = "life-start"
+"""The label of the counters of the fresh server after that restart."""
+
+
 @dataclass
 class MetricsSnapshot:
     """The server's own prefix-cache counters at a point of the run (None: not exposed)."""
 
-    label: str  # "before" | "after"
+    label: str  # "before" | "after" | "life-end" / "life-start" around a restart by the harness
     at_s: float
     queries: float | None
     hits: float | None

@@ -3,7 +3,9 @@
 The mutation is applied by `boot/sitecustomize.py`, put first on the server's PYTHONPATH, so every
 Python process of the server (the API server, the engine core and its workers, spawned or forked)
 loads it; the installed vLLM package is never edited. Each process writes its proof of work into
-`hits_dir` (`harness.mutants.hits` reads it).
+`hits_dir` (`harness.mutants.hits` reads it). The folder is emptied at the first start only: a server
+the harness restarts mid-run (a cold solo reference, a nemesis) adds its new processes' files, so
+the proof covers the whole run.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ class MutatedServer(EmbeddedServer):
     mutant: str | None = None
     hits_dir: Path | None = None
     server_args: list[str] = field(default_factory=list)
+    _prepared: bool = field(default=False, init=False, repr=False)
 
     def prepare(self) -> None:
         super().prepare()
+        if self._prepared:  # a restart: the same arguments, and the hits of earlier lives kept
+            return
+        self._prepared = True
         self.extra_args = [*self.extra_args, *self.server_args]
         if self.mutant is not None:
             if self.hits_dir is None:

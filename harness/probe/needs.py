@@ -36,8 +36,9 @@ def solo_isolation(caps: Capabilities, can_restart: bool = False) -> Isolation:
     return "warm"
 
 
-def offered(caps: Capabilities) -> dict[str, str | None]:
-    """Each `Need` (by value) -> None where the probe verified it, else why not (one line)."""
+def offered(caps: Capabilities, can_restart: bool = False) -> dict[str, str | None]:
+    """Each `Need` (by value) -> None where the probe verified it, else why not (one line).
+    `can_restart`: the harness owns the server, so a solo reference can run on a fresh process."""
     def why(cap: Capability, absent: str, unverified: str) -> str | None:
         if cap.available:
             return None
@@ -54,7 +55,7 @@ def offered(caps: Capabilities) -> dict[str, str | None]:
         Need.SALT: why(caps.cache_salt_effective,
                        f"cache_salt does not separate cache domains ({caps.cache_salt_effective.evidence})",
                        "cache_salt separation could not be verified"),
-        Need.COLD_REFERENCE: None if solo_isolation(caps) != "warm" else
+        Need.COLD_REFERENCE: None if solo_isolation(caps, can_restart) != "warm" else
         "neither a cache salt nor a cache reset could be verified, so the solo reference may run warm",
         Need.PREFIX_METRICS: why(caps.prefix_cache_metrics, "the target exposes no prefix-cache counters on /metrics",
                                  "prefix-cache counters could not be verified"),

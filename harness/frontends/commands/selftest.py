@@ -37,6 +37,8 @@ from harness.engine import RunOptions
 from harness.faults import all_faults, get
 from harness.faults.stack import FaultedStack
 from harness.frontends.cli import command
+from harness.frontends.replica_death import ROW as DEATH_ROW
+from harness.frontends.replica_death import replica_death_row
 from harness.frontends.runs import run_files
 from harness.history.record import FaultInjection
 from harness.probe.capabilities import Capabilities, ProbeError
@@ -214,9 +216,11 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="base URL (default: start the embedded vLLM server)")
     p.add_argument("--stack", choices=stack_names(), default="vllm",
                    help="without --target: the stack to launch; vllm-fleet runs every fault through the router "
-                   "in front of the replicas (salt-drop there is the router forgetting the salt)")
+                   "in front of the replicas (salt-drop there is the router forgetting the salt), then the row "
+                   f"{DEATH_ROW}: a fresh fleet whose replica r1 dies mid-run")
     p.add_argument("--report-dir", type=Path, default=Path("reports/selftest"))
-    p.add_argument("--fault", action="append", default=None, help="only these faults (repeatable)")
+    p.add_argument("--fault", action="append", default=None,
+                   help=f"only these faults (repeatable; {DEATH_ROW} with --stack vllm-fleet)")
     p.add_argument("--scenarios", type=Path, default=LIBRARY, help="scenario folder (default: the library)")
     p.add_argument("--seed", type=int, default=0, help="the proxy's fault RNG seed")
     p.add_argument("--with", dest="under", default=None, metavar="BENIGN",
@@ -244,10 +248,14 @@ def selftest(args: argparse.Namespace) -> int:
     """Run each registered fault through the proxy and show which checks detect it (exit 0: all detected)."""
     console = Console(stderr=True, width=max(Console(stderr=True).width, 132))
     known = [f.name for f in all_faults()]
-    faults = args.fault or [f.name for f in all_faults() if f.scenarios]
+    fleet_rows = args.stack == "vllm-fleet" and args.target is None and not getattr(args, "nemesis", None)
+    death = fleet_rows and (args.fault is None or DEATH_ROW in args.fault)
+    chosen = [f for f in args.fault or [] if not (fleet_rows and f == DEATH_ROW)]
+    faults = chosen if args.fault else [f.name for f in all_faults() if f.scenarios]
     unknown = [f for f in faults if f not in known]
     if unknown:
-        console.print(f"error: unknown fault(s) {unknown}; known: {sorted(known)}")
+        extra = f" (and {DEATH_ROW} with --stack vllm-fleet)" if not fleet_rows else f", {DEATH_ROW}"
+        console.print(f"error: unknown fault(s) {unknown}; known: {sorted(known)}{extra}")
         return 2
     if getattr(args, "nemesis", None):
         from harness.frontends.selftest_nemesis import nemesis_matrix
@@ -284,6 +292,7 @@ def selftest(args: argparse.Namespace) -> int:
         lacking = {n: why for n, why in offer.items() if why is not None}
         for n, why in lacking.items():
             console.print(f"[yellow]target lacks {n}[/]: {why}")
+        replicas = fleet.traits.replicas if fleet is not None else 0
         for name in faults:
             spec = get(name)
             row = name if under in (None, name) else f"{name}+{under}"
@@ -316,6 +325,10 @@ def selftest(args: argparse.Namespace) -> int:
                 "error": out.error,
             }
     ok = overall_ok(judgements)
+    if death and replicas:  # the proxy faults' fleet is stopped by now
+        console.print(f"[bold]{DEATH_ROW}[/] (fleet): a fresh fleet whose replica r1 dies mid-run ...")
+        rows[DEATH_ROW] = replica_death_row(replicas, args.scenarios, args.report_dir / DEATH_ROW)
+        ok = ok and rows[DEATH_ROW]["good"]
     columns = sorted({c for r in rows.values() for c in r["checks"]})
     table = Table(title="selftest: fault x check (X = detected: the check FAILed; columns numbered below)")
     for col in ["fault", "kind", *[f"{i + 1}" for i in range(len(columns))], "verdict", "injected", "to detect"]:
