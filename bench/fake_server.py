@@ -135,9 +135,13 @@ class PrefixCache:
 class FakeServer:
     """The aiohttp application; also starts itself in a child process (`FakeServer.spawn`)."""
 
-    def __init__(self, tokens: int | None = None, block_size: int = 32, models: tuple[str, ...] = (MODEL,)) -> None:
+    def __init__(self, tokens: int | None = None, block_size: int = 32, models: tuple[str, ...] = (MODEL,),
+                 service_s: float = 0.0) -> None:
         self.tokens = tokens
         self.models = models
+        self.service_s = service_s
+        """An engine step's duration: each generation is answered this long after it arrives, so that
+        requests sent together are in flight together, as on a real server (0: at once)."""
         self.cache = PrefixCache(block_size)
         self.counter = 0
 
@@ -195,6 +199,8 @@ class FakeServer:
             return web.json_response({"error": {"message": f"invalid request: {e}", "type": "BadRequestError",
                                                 "param": None, "code": 400}}, status=400)
         n = min(max_tokens, self.tokens) if self.tokens else max_tokens
+        if self.service_s:
+            await asyncio.sleep(self.service_s)  # the engine step: simulated service time, not synchronisation
         domain = (model, body.get("cache_salt"))
         cached = self.cache.lookup_and_insert(domain, ids)
         seed = body.get("seed") if float(body.get("temperature") or 0.0) > 0 else None

@@ -70,9 +70,12 @@ class FakeStack:
     NAME: ClassVar[str] = "fake server"
 
     def __init__(self, mode: Mode = "thread", *, block_size: int = 4, tokens: int | None = None,
-                 models: tuple[str, ...] = (MODEL,), documents: dict[str, Any] | None = None) -> None:
+                 models: tuple[str, ...] = (MODEL,), documents: dict[str, Any] | None = None,
+                 service_s: float = 0.0) -> None:
         self.mode: Mode = mode
         self.block_size, self.tokens, self.models = block_size, tokens, models
+        self.service_s = service_s
+        """The fake's engine step (thread mode only; `FakeServer.service_s`)."""
         self.documents = dict(documents or {})
         """JSON answered to GET at these paths beside the fake's own (e.g. /openapi.json, /version:
         the fake dressed as a given server); thread mode only."""
@@ -99,7 +102,7 @@ class FakeStack:
             return self._url
         port = free_port()
         if self.mode == "thread":
-            self.server = FakeServer(self.tokens, self.block_size, self.models)
+            self.server = FakeServer(self.tokens, self.block_size, self.models, self.service_s)
             app = self.server.app()
             for path, doc in self.documents.items():
                 app.router.add_get(path, _answer(doc))

@@ -145,8 +145,10 @@ def test_groups_mix_cases_in_sizes_two_to_k() -> None:
 
 
 def _doc_stack(tokens: int | None = None) -> FakeStack:
-    """The fake server, serving an OpenAPI document too (as vLLM does)."""
-    return FakeStack(tokens=tokens, documents={"/openapi.json": DOC})
+    """The fake server, serving an OpenAPI document too (as vLLM does), with a 50 ms engine step so
+    that requests replayed together overlap as a real batch does (an overlap-dependent failure's
+    confirmation replays must reproduce it)."""
+    return FakeStack(tokens=tokens, documents={"/openapi.json": DOC}, service_s=0.05)
 
 
 def _run(stack: Any, tmp_path: Path, budget: int | None = None):

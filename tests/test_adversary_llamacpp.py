@@ -13,7 +13,7 @@ from harness.adversary.coverage import fields_in_common
 from harness.engine import RunOptions
 from harness.faults.stack import FaultedStack
 from harness.frontends.runs import run_files
-from harness.history.record import FaultInjection, TriageReplay
+from harness.history.record import FaultInjection
 from harness.stacks.llamacpp import LlamaCppServer
 from harness.verdict import Verdict
 from tests.test_llamacpp import needs_llama_cpp
@@ -34,9 +34,9 @@ def test_crash_combo_is_found_and_triaged_to_the_pair_on_llamacpp(tmp_path: Path
     availability = next(c for c in out.decision.checks if c.name == "availability")
     assert availability.verdict is Verdict.FAIL
     ops = {o.op_id: o for o in out.history.ops}
-    replays = [e for e in out.history.events if isinstance(e, TriageReplay)]
-    # groups of the fault (the server's own crashes, if any, are other incidents)
-    ours = [r for r in replays if r.reproduced and r.op_ids and all(field in ops[i].request for i in r.op_ids)]
-    smallest = min(ours, key=lambda r: len(r.op_ids))
-    assert len(smallest.op_ids) == 2
-    assert field in fields_in_common([ops[i] for i in smallest.op_ids])
+    # the attributed groups of the fault (the server's own crashes, if any, are other incidents)
+    ours = [v.op_ids for v in availability.violations if v.op_ids and all(field in ops[i].request for i in v.op_ids)]
+    assert ours, [v.message for v in availability.violations]
+    smallest = min(ours, key=len)
+    assert len(smallest) == 2
+    assert field in fields_in_common([ops[i] for i in smallest])

@@ -155,7 +155,7 @@ def _crash_history(*replays: TriageReplay) -> History:
 def test_reproduced_incident_is_one_fail_naming_the_minimal_group() -> None:
     replays = [TriageReplay(1.0, ["adversary/s/crash", "main/s/a/0", "adversary/s/fine"], True),
                TriageReplay(1.0, ["adversary/s/crash", "adversary/s/fine"], True),
-               TriageReplay(1.0, ["adversary/s/crash"], True)]
+               TriageReplay(1.0, ["adversary/s/crash"], True, server_down=True)]  # a crash: no chance
     h = _crash_history(*replays)
     [a] = attribute(h)
     assert a.group == ("adversary/s/crash",) and a.minimal
@@ -168,11 +168,12 @@ def test_reproduced_incident_is_one_fail_naming_the_minimal_group() -> None:
 
 def test_a_pair_is_minimal_only_when_each_member_alone_was_shown_not_to_reproduce() -> None:
     pair = ["adversary/s/crash", "adversary/s/fine"]
+    confirmed = [TriageReplay(1.0, pair, True, confirming=True)] * 2
     shown = _crash_history(TriageReplay(1.0, pair, True), TriageReplay(1.0, pair[:1], False),
-                           TriageReplay(1.0, pair[1:], False))
+                           TriageReplay(1.0, pair[1:], False), *confirmed)
     [a] = attribute(shown)
     assert a.group == tuple(pair) and a.minimal
-    unshown = _crash_history(TriageReplay(1.0, pair, True), TriageReplay(1.0, pair[:1], False))
+    unshown = _crash_history(TriageReplay(1.0, pair, True), TriageReplay(1.0, pair[:1], False), *confirmed)
     [b] = attribute(unshown)
     assert b.group == tuple(pair) and not b.minimal
     assert "not shown minimal" in availability(unshown, CTX).violations[0].message
@@ -186,6 +187,21 @@ def test_an_incident_that_did_not_reproduce_is_unknown_not_fail() -> None:
     assert any("not attributable to any input" in n and "history kept" in n for n in r.notes)
 
 
+def test_a_failure_that_recurs_only_by_chance_is_not_pinned_on_a_request() -> None:
+    """A server that answers 503 at random (the selftest's `flaky`) can make a bisection end on an
+    innocent request; the group's confirmation replays must all reproduce it, else UNKNOWN."""
+    lucky = ["adversary/s/crash"]
+    h = _crash_history(TriageReplay(1.0, lucky, True), TriageReplay(1.0, lucky, True, confirming=True),
+                       TriageReplay(1.0, lucky, False, confirming=True))
+    [a] = attribute(h)
+    assert a.group is None
+    assert availability(h, CTX).verdict is Verdict.UNKNOWN
+    unconfirmed = _crash_history(TriageReplay(1.0, lucky, True))  # never confirmed: not attributed either
+    assert attribute(unconfirmed)[0].group is None
+    confirmed = _crash_history(TriageReplay(1.0, lucky, True), *[TriageReplay(1.0, lucky, True, confirming=True)] * 2)
+    assert attribute(confirmed)[0].group == tuple(lucky)
+
+
 def test_an_incident_never_replayed_is_unknown_with_the_reason() -> None:
     h = _crash_history(TriageReplay(1.0, [], False, note="not replayed: needs the explicit opt-in --replay-incidents"))
     r = availability(h, CTX)
@@ -197,8 +213,10 @@ def test_an_incident_never_replayed_is_unknown_with_the_reason() -> None:
 def test_harm_to_a_victim_names_the_hostile_request_as_the_cause() -> None:
     victim = _op("main", "a", 0.0, 1.0, 500, tenant="acme")
     hostile = _op("adversary", "mallory", 0.1, 0.5, 200, tenant="evil", op_id="adversary/s/h")
-    h = _history(victim, hostile, TriageReplay(1.0, ["main/s/a/0", "adversary/s/h"], True),
-                 TriageReplay(1.0, ["main/s/a/0"], False), TriageReplay(1.0, ["adversary/s/h"], False))
+    pair = ["main/s/a/0", "adversary/s/h"]
+    h = _history(victim, hostile, TriageReplay(1.0, pair, True),
+                 TriageReplay(1.0, ["main/s/a/0"], False), TriageReplay(1.0, ["adversary/s/h"], False),
+                 *[TriageReplay(1.0, pair, True, confirming=True)] * 2)
     r = availability(h, CTX)
     [v] = r.violations
     assert r.verdict is Verdict.FAIL and v.message.startswith("harm to another tenant")

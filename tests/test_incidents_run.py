@@ -58,7 +58,7 @@ def faulted_burst(fault: str, *, seed: int = 1, hostile: int = 2, owned: bool = 
     """The burst through `fault`, then the incident triage, as the engine runs it: against a fake
     server the harness owns, or (`owned=False`) a URL, replayed only with the opt-in (`url` given:
     that server, opted in)."""
-    fake = FakeStack() if url is None else None
+    fake = FakeStack(service_s=0.05) if url is None else None  # a 50 ms engine step: replayed groups overlap
     base = fake.start() if fake is not None else str(url)
     inner = fake if owned and fake is not None else ExternalStack(base)
     stack = FaultedStack(inner, fault, rate=1.0, seed=seed, timeout_s=30)  # type: ignore[arg-type]

@@ -169,8 +169,11 @@ OPENAPI: dict[str, Any] = json.loads((ROOT / "tests" / "data" / "vllm-0.32.0-ope
 
 def _vllm_0320_stack(tokens: int | None = None) -> FakeStack:
     """The fake server dressed as the embedded one: vLLM 0.32.0's OpenAPI document and /version, so
-    the baseline's findings apply to the run."""
-    return FakeStack(tokens=tokens, documents={"/openapi.json": OPENAPI, "/version": {"version": "0.32.0"}})
+    the baseline's findings apply to the run; answering after a 50 ms engine step, so that a pair
+    replayed together is in flight together (as a batch on the real server) and the crash pair's
+    confirmation replays reproduce it."""
+    return FakeStack(tokens=tokens, documents={"/openapi.json": OPENAPI, "/version": {"version": "0.32.0"}},
+                     service_s=0.05)
 
 
 def _crash_combo(seed: int, tmp_path: Path) -> tuple[Any, str, set[str]]:

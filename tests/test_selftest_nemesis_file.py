@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.frontends.selftest_nemesis import _earlier, _save
+from harness.frontends.selftest_nemesis import _earlier, _merged, _save
 
 
 def test_columns_of_an_earlier_run_are_kept_and_ok_covers_them(tmp_path: Path) -> None:
@@ -26,3 +26,10 @@ def test_an_unreadable_file_is_no_earlier_run(tmp_path: Path) -> None:
     assert _earlier(path) == {}
     path.write_text("[1, 2]")
     assert _earlier(path) == {}
+
+
+def test_a_rerun_row_replaces_its_cell_and_keeps_the_rest_of_its_column() -> None:
+    earlier = {"cache-reset": {"swap": {"good": True}, "flaky": {"good": False}}}
+    merged = _merged(earlier, {"cache-reset": {"flaky": {"good": True}}})
+    assert merged == {"cache-reset": {"swap": {"good": True}, "flaky": {"good": True}}}
+    assert earlier["cache-reset"]["flaky"] == {"good": False}  # the input is not changed

@@ -102,6 +102,10 @@ class Fault:
         broken response (see `Captured.usable`): faults edit only usable ones."""
         return cap
 
+    def on_abandoned(self, call: Call) -> None:
+        """`call` ends without `on_response` (the client went away, the upstream failed): a fault
+        that keeps state per request in flight forgets it here."""
+
 
 REGISTRY: dict[str, type[Fault]] = {}
 

@@ -118,6 +118,14 @@ class CrashCombo(Fault):
             return cap
         return Captured.error(500, "Internal Server Error", BODY)
 
+    def on_abandoned(self, call: Call) -> None:
+        """A carrier whose client left (or whose upstream failed) ends now, invalid: left open it
+        would overlap every later carrier, and a lone request would then seem to crash."""
+        me = self._live.pop(id(call), None)
+        if me is not None:
+            me.end, me.valid = time.monotonic(), False
+            me.done.set()
+
     def _forget(self, me: _Carrier) -> None:
         """Drop carriers that ended before every live one began (they can overlap nothing new)."""
         live_starts = [c.start for c in self._live.values() if c.end is None]

@@ -370,10 +370,17 @@ class FaultProxy:
             return await self._emit(call, answer)
         if not fault.edits_response:
             return await self._passthrough(call)
-        result = await self._capture(call)
-        if isinstance(result, web.Response):
-            return result
-        return await self._emit(call, await fault.on_response(call, result))
+        answered = False
+        try:
+            result = await self._capture(call)
+            if isinstance(result, web.Response):
+                return result
+            edited = await fault.on_response(call, result)
+            answered = True
+        finally:
+            if not answered:  # cancelled (the client left) or the upstream failed
+                fault.on_abandoned(call)
+        return await self._emit(call, edited)
 
 
 def _abort(request: web.Request) -> None:

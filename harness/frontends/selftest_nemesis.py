@@ -7,8 +7,9 @@ the plain selftest judges it (`judge`: a fault must be detected by its own detec
 injected request; a benign control must PASS). A column counts only when the nemesis really acted
 in every row (the `nemesis` check PASSed): a disturbance that never happened shows nothing.
 Exit 0 only when every cell is good. The matrix is written to `selftest-nemesis.json` after every
-cell (a long matrix killed part-way keeps what it finished); columns of other nemeses already in
-that file are kept, so the matrix can be run one nemesis at a time into one folder.
+cell (a long matrix killed part-way keeps what it finished); cells already in that file that this
+run does not redo are kept, so the matrix can be run one nemesis (or one row) at a time into one
+folder.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def nemesis_matrix(args: argparse.Namespace, faults: list[str], console: Console
         return 2
     cells: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in names}
     out = args.report_dir / "selftest-nemesis.json"
-    earlier = {n: col for n, col in _earlier(out).items() if n not in cells}
+    earlier = _earlier(out)
     for nemesis in names:
         console.print(f"[bold]nemesis {nemesis}[/]: starting the embedded server ...")
         try:
@@ -54,13 +55,13 @@ def nemesis_matrix(args: argparse.Namespace, faults: list[str], console: Console
                 for fault in faults:
                     console.print(f"[bold]{fault}[/] under {nemesis} ...")
                     cells[nemesis][fault] = _cell(args, fault, nemesis, server, lacking)
-                    _save(out, {**earlier, **cells}, faults)
+                    _save(out, _merged(earlier, cells), faults)
         except (LaunchError, ProbeError) as exc:
             console.print(f"error: {exc}")
             return 2
     ok = all(c["good"] for col in cells.values() for c in col.values())
     _print(cells, faults, console)
-    _save(out, {**earlier, **cells}, faults)
+    _save(out, _merged(earlier, cells), faults)
     console.print(f"matrix: {out}")
     return 0 if ok else 1
 
@@ -72,6 +73,15 @@ def _earlier(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
     except (OSError, ValueError, AttributeError):
         return {}
     return cells if isinstance(cells, dict) else {}
+
+
+def _merged(earlier: dict[str, dict[str, dict[str, Any]]],
+            cells: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The earlier file's cells with this run's cells over them (a rerun row replaces its cell)."""
+    out = {n: dict(col) for n, col in earlier.items()}
+    for n, col in cells.items():
+        out.setdefault(n, {}).update(col)
+    return out
 
 
 def _save(path: Path, cells: dict[str, dict[str, dict[str, Any]]], faults: list[str]) -> None:

@@ -216,6 +216,10 @@ class TriageReplay:
     op_ids: list[str]
     reproduced: bool
     note: str = ""
+    server_down: bool = False
+    """The server did not answer after this replay (it died: no chance recurrence of a 5xx)."""
+    confirming: bool = False
+    """A confirmation replay of the bisection's final group (harness.incidents.triage_run)."""
     kind: str = "triage"
 
 

@@ -1,7 +1,9 @@
 """The incident rule's decision: what each incident is attributed to, from the history alone.
 
 An incident is attributed to a tenant's input only when a replay reproduced it (docs/design.md,
-"Incidents"). The smallest group of requests whose concurrent replay
+"Incidents"), and not by chance: a replay of the group took the server down, or the group's
+CONFIRMATIONS further replays all reproduced it (a server that fails at random must not get its
+failures pinned on a request). The smallest group of requests whose concurrent replay
 reproduced it is the finding's reproducer; it is 1-minimal when the history shows that each
 group without one of its members was replayed and did not reproduce. An incident that was not
 replayed, or whose replays never reproduced it, is attributable to no input: the check that owns
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from harness.history.record import History, Operation, TriageReplay
 from harness.incidents.detect import IncidentEvent, find_incidents
+from harness.incidents.triage_run import CONFIRMATIONS
 
 SAME_TIME_S = 1e-6
 
@@ -50,10 +53,20 @@ def attribute(history: History) -> list[Attribution]:
     out = []
     for ev in find_incidents(history):
         mine = tuple(r for r in replays if abs(r.incident_at_s - ev.at_s) <= SAME_TIME_S)
-        hits = [r for r in mine if r.reproduced and r.op_ids]
+        hits = [r for r in mine if r.reproduced and r.op_ids and _confirmed(r.op_ids, mine)]
         group = tuple(min(reversed(hits), key=lambda r: len(r.op_ids)).op_ids) if hits else None
         out.append(Attribution(ev, mine, group, group is not None and _one_minimal(group, mine)))
     return out
+
+
+def _confirmed(op_ids: list[str], replays: tuple[TriageReplay, ...]) -> bool:
+    """The group's failure cannot be chance: a replay of it took the server down, or it was
+    replayed CONFIRMATIONS more times after the bisection and reproduced every time."""
+    mine = [r for r in replays if set(r.op_ids) == set(op_ids)]
+    if any(r.reproduced and r.server_down for r in mine):
+        return True
+    confirming = [r for r in mine if r.confirming]
+    return len(confirming) >= CONFIRMATIONS and all(r.reproduced for r in confirming)
 
 
 def _one_minimal(group: tuple[str, ...], replays: tuple[TriageReplay, ...]) -> bool:

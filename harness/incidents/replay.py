@@ -12,6 +12,7 @@ otherwise. A replay is never an operation of the history: it is recorded as a `T
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -107,11 +108,16 @@ class Replayer:
 
     async def fire(self, ops: list[Operation]) -> tuple[list[Outcome], bool]:
         """Fire `ops` concurrently on fresh connections; their outcomes and whether the server
-        still answers afterwards."""
+        still answers afterwards. The connections are opened first (one health request each, at
+        once), so the replayed requests leave together rather than one connect apart: a failure
+        that needs them in flight together is then reproduced whenever it can be."""
         await self.ready()
-        limits = httpx.Limits(max_connections=max(len(ops), 1), max_keepalive_connections=0)
+        n = max(len(ops), 1)
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         async with httpx.AsyncClient(base_url=self.stack.base_url, limits=limits, verify=current().verify(),
                                      timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))) as c:
+            with contextlib.suppress(httpx.HTTPError):
+                await asyncio.gather(*(c.get(HEALTH_PATH) for _ in range(n)))  # any status opens it
             outcomes = list(await asyncio.gather(*(send(c, o) for o in ops)))
         up = (not self.stack.traits.owned or self.stack.alive) and await answers(self.stack.base_url)
         return outcomes, up

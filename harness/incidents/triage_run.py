@@ -6,7 +6,9 @@ the server, replay the requests in flight when it began, concurrently, and bisec
 smallest group that still reproduces it (`bisect.atriage`). Every replay becomes a `TriageReplay`
 record; an incident that is not replayed gets one empty `TriageReplay` saying why. The
 `availability` check then reads these (`attribution.attribute`): reproduced is a FAIL naming the
-group; not reproduced is UNKNOWN.
+group; not reproduced is UNKNOWN. A group whose replays left the server up (a 5xx, a dropped
+connection) is replayed CONFIRMATIONS more times: a server that fails at random would otherwise
+get its failures pinned on whichever request a lucky bisection ended with.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from harness.incidents.bisect import DEFAULT_MAX_REPLAYS, atriage
 from harness.incidents.detect import IncidentEvent, find_incidents
 from harness.incidents.replay import Outcome, Replayer, ServerGone, truncated
 from harness.stacks.base import Stack
+
+CONFIRMATIONS = 2
+"""Further replays of a bisected group that did not take the server down; each must reproduce."""
 
 NOT_OPTED_IN = ("the harness does not own this server, and replaying requests at it needs the explicit opt-in "
                 "--replay-incidents")
@@ -69,18 +74,28 @@ async def triage_incidents(history: History, stack: Stack, sink: Sink, *, opt_in
         group = [ops[i] for i in ev.in_flight if i in ops]
         hint = [k for k, o in enumerate(group) if o.op_id in set(ev.failed)]
 
-        async def replay(sub: list[Operation], ev: IncidentEvent = ev) -> bool:
+        downed: set[frozenset[str]] = set()
+
+        async def replay(sub: list[Operation], ev: IncidentEvent = ev, confirming: bool = False,
+                         downed: set[frozenset[str]] = downed) -> bool:
             nonlocal spent
             if spent >= budget.total or time.monotonic() > deadline:
                 raise _Spent
             spent += 1
             outcomes, up = await replayer.fire(sub)
             reproduced = any(o.broken for o in outcomes) or not up
-            sink.append(TriageReplay(ev.at_s, [o.op_id for o in sub], reproduced, note=_note(outcomes, up, sub)))
+            if not up:
+                downed.add(frozenset(o.op_id for o in sub))
+            sink.append(TriageReplay(ev.at_s, [o.op_id for o in sub], reproduced, note=_note(outcomes, up, sub),
+                                     server_down=not up, confirming=confirming))
             return reproduced
 
         try:
-            await atriage(group, replay, hint=hint, max_replays=budget.per_incident, attempts=3)
+            found = await atriage(group, replay, hint=hint, max_replays=budget.per_incident, attempts=3)
+            if found.group and frozenset(o.op_id for o in found.group) not in downed:
+                for _ in range(CONFIRMATIONS):
+                    if not await replay(found.group, confirming=True):
+                        break
         except _Spent:
             sink.append(TriageReplay(ev.at_s, [], False, note="bisection stopped: the run's triage budget was spent"))
         except ServerGone as exc:
