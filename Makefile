@@ -83,8 +83,9 @@ test: setup browser llama-cpp gateway fleet
 
 # The long real-server runs kept out of `make test` (marked `matrix`), each on a server of its own:
 # an owned server killed from outside mid-run, the adversary and its crash-combo proof (on the server
-# without LoRA), the fleet smoke run, the prompt_logprobs crash reproducer, and the library's
-# adversarial scenario on the LoRA server (README, "What has been run").
+# without LoRA, and on llama.cpp), the fleet's steering probe and replica death, the prompt_logprobs
+# crash reproducer, and the library's adversarial scenario on the LoRA server (README, "What has
+# been run").
 test-matrix: setup browser llama-cpp gateway fleet
 	$(PY) -m pytest -q -ra -m matrix
 
