@@ -45,7 +45,7 @@ from harness.known_repro import recheck_known
 from harness.nemesis.runner import NemesisRunner, embedded_adapters
 from harness.plan.identity import with_identity_domains
 from harness.plan.resolve import ResolveError, select_model
-from harness.probe.needs import offered, probe_target, solo_isolation
+from harness.probe.needs import lacking, probe_target, solo_isolation
 from harness.probe.openapi import fetch_document
 from harness.probe.types import ProbeError
 from harness.result import RunMeta, RunResult
@@ -291,8 +291,7 @@ async def _go(state: _Run, stack: Stack, scenarios: list[Scenario]) -> None:
         entries = select_model(await client.model_entries(), opts.model)
         caps = await probe_target(client)
         meta.capabilities = caps.to_json()
-        lacking = offered(caps, can_restart=stack.traits.can_restart).items()
-        state.lacking = {need: why for need, why in lacking if why is not None}
+        state.lacking = lacking(caps, can_restart=stack.traits.can_restart)
         mode = solo_isolation(caps, can_restart=stack.traits.can_restart)
         meta.solo_isolation = mode
         doc = await fetch_document(client) if any(s.adversary for s in scenarios) else None

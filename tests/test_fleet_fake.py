@@ -20,7 +20,7 @@ from harness.frontends.commands.selftest import citing_checks, judge, run_fault
 from harness.frontends.runs import run_files
 from harness.history.record import Operation, Role
 from harness.probe.capabilities import Capabilities
-from harness.probe.needs import offered, probe_target
+from harness.probe.needs import lacking, probe_target
 from harness.result import RunResult
 from harness.verdict import Verdict
 from tests.fake_fleet import FakeFleet, Policy, Tier
@@ -114,11 +114,11 @@ def test_the_selftest_rows_on_a_fleet(tmp_path: Path) -> None:
     by cache accounting citing an injected request; a benign control on the same fleet is good."""
     with FakeFleet(policy="prefix") as fleet:
         caps = asyncio.run(_probe(fleet.base_url))
-        lacking = {n: why for n, why in offered(caps).items() if why is not None}
+        missing = lacking(caps)
         for name, want in (("salt-drop", "detected by cache-accounting"), ("noise", "")):
             out, injected = run_fault(name, fleet.base_url, LIBRARY, tmp_path / name, 0, [SALTED], base=fleet)
             checks = {r.name: r.verdict.value for r in out.checks}
-            j = judge(name, checks, out.verdict.value, lacking, injections=injected, error=out.error,
+            j = judge(name, checks, out.verdict.value, missing, injections=injected, error=out.error,
                       skipped=out.skipped or None, cited=citing_checks(out, name))
             assert injected > 0 and j.good and j.applicable, (name, j, checks)
             assert j.reason == want

@@ -29,7 +29,7 @@ from harness.nemesis import NemesisError, parse_nemeses
 from harness.nemesis.runner import embedded_adapters
 from harness.nemesis.server import embedded_options
 from harness.probe.capabilities import Capabilities, ProbeError
-from harness.probe.needs import offered, probe_target
+from harness.probe.needs import lacking, probe_target
 from harness.stacks.vllm import EmbeddedServer, LaunchError
 
 
@@ -51,10 +51,10 @@ def nemesis_matrix(args: argparse.Namespace, faults: list[str], console: Console
         try:
             with EmbeddedServer(**embedded_options((nemesis,))) as server:
                 caps = asyncio.run(_probe(server.base_url))
-                lacking = {n: why for n, why in offered(caps).items() if why is not None}
+                missing = lacking(caps)
                 for fault in faults:
                     console.print(f"[bold]{fault}[/] under {nemesis} ...")
-                    cells[nemesis][fault] = _cell(args, fault, nemesis, server, lacking)
+                    cells[nemesis][fault] = _cell(args, fault, nemesis, server, missing)
                     _save(out, _merged(earlier, cells), faults)
         except (LaunchError, ProbeError) as exc:
             console.print(f"error: {exc}")

@@ -61,3 +61,9 @@ def offered(caps: Capabilities, can_restart: bool = False) -> dict[str, str | No
                                  "prefix-cache counters could not be verified"),
     }
     return {n.value: v for n, v in out.items()}
+
+
+def lacking(caps: Capabilities, can_restart: bool = False) -> dict[str, str]:
+    """Only the needs the probe could not verify (need -> why): `offered` without the verified ones."""
+    return {need: why for need, why in offered(caps, can_restart).items() if why is not None}
+
