@@ -54,6 +54,21 @@ def test_a_hit_explained_on_the_same_replica_passes() -> None:
     assert result.evidence["hits_checked"] == 1
 
 
+def test_a_hit_in_flight_on_its_replica_is_checked_when_only_its_own_domain_elsewhere_could_explain_it() -> None:
+    """u2's hit on r0 is explained only by u1, still in prefill on r0 when u2 was sent; the same
+    blocks were in r1's cache long before (u0). Same model and salt on r1 is not another tenant:
+    the hit is checked. With u0 another tenant's (a salt), the hit could hide a leak: unchecked."""
+    for salt, verdict in ((None, Verdict.PASS), ("acme", Verdict.UNKNOWN)):
+        early = op("main", "u0", [6], prompt=[*SHARED, 0], cached=0, invoke_s=0.0, complete_s=1.0, ttft_s=0.5,
+                   cache_salt=salt)
+        running = op("main", "u1", [7], prompt=[*SHARED, 1], cached=0, invoke_s=1.9, complete_s=3.0, ttft_s=0.9)
+        hit = op("main", "u2", [8], prompt=[*SHARED, 2], cached=64, invoke_s=2.0, complete_s=3.5, ttft_s=0.5)
+        result = accounting(history(info("main", {"u0": 0, "u1": 0, "u2": 0}), early, running, hit,
+                                    attribution({early.op_id: "r1", running.op_id: "r0", hit.op_id: "r0"})), CTX)
+        assert result.verdict is verdict, (salt, result.notes)
+        assert result.evidence["hits_unchecked"] == (0 if salt is None else 1)
+
+
 def test_a_single_server_history_is_unchanged() -> None:
     first, second = two_users()
     assert run_accounting(first, second).verdict is Verdict.PASS

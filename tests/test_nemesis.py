@@ -17,7 +17,7 @@ from harness import engine
 from harness.checks.base import CheckContext, get
 from harness.frontends.cli import main as cli_main
 from harness.history.record import History, Incident, NemesisAction
-from harness.nemesis import NemesisError, parse_nemeses
+from harness.nemesis import NemesisError, memory_pressure, parse_nemeses
 from harness.nemesis.epochs import AdapterEpochs, alive_since, clearings
 from harness.nemesis.schedule import adapter_state, build_schedule
 from harness.scenario.io import parse_scenario
@@ -140,6 +140,21 @@ def test_nemesis_check_fails_closed() -> None:
     pressure = NemesisAction("memory-pressure", 5.0, "observed", took_effect=False,
                              details={"preemptions": 0, "evictions": 0})
     assert nemesis_check(enabled, reset(3, 4), pressure) is Verdict.UNKNOWN  # no pressure was seen
+
+
+def test_pressure_counted_across_a_restart_is_a_lower_bound_never_negative() -> None:
+    """Crash triage restarts the server mid-run; the counters start again from zero, so a plain
+    difference would report negative evictions (seen on the real server: -1,041)."""
+    before = {"preemptions": 3.0, "evictions": 1100.0}
+    rec = memory_pressure.observed(before, {"preemptions": 5.0, "evictions": 59.0}, {})
+    assert rec.details["evictions"] == 59 and rec.details["preemptions"] == 2
+    assert rec.details["counters_reset"] == ["evictions"] and rec.took_effect
+    plain = memory_pressure.observed(before, {"preemptions": 3.0, "evictions": 1130.0}, {})
+    assert plain.details["evictions"] == 30 and "counters_reset" not in plain.details
+    enabled = NemesisAction("memory-pressure", 0.0, "enabled")
+    result = get("nemesis")(History([op("main", "u1", [1]), enabled, rec, plain]), CTX)
+    assert result.evidence["memory-pressure:evictions"] == 89
+    assert any("at least" in n and "restarted the server" in n for n in result.notes)
 
 
 # --- end to end on the fake stack -----------------------------------------------------------------

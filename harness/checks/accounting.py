@@ -286,12 +286,16 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
         result.notes.append(f"fleet: a hit is explained only by its domain's requests on the same replica "
                             f"({len(names)} replica(s) served; replica per request from the replicas' ledgers)")
 
+    tenancy: dict[tuple[str, str | None], tuple[str, str | None]] = {}
+
     def domain_of(o: Operation, replica: str | None = None) -> tuple[str, str | None]:
         model = domain_model(o)
         weights = epochs.weights_at(model, o.invoke_s) if epochs else None
         model = f"{model}@{weights}" if weights else model
         replica = replica or (fleet.get(o.op_id) if fleet is not None else None)
-        return (f"{model} on replica {replica}" if replica else model), o.cache_salt
+        key = (f"{model} on replica {replica}" if replica else model), o.cache_salt
+        tenancy[key] = (model, o.cache_salt)
+        return key
 
     domains: dict[tuple[str, str | None], list[Operation]] = {}
     for o in sources:
@@ -346,10 +350,12 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
                 ambiguous.append((key, op))  # only requests still running when op was sent explain it
     # An ambiguous hit hides a cross-domain leak only where another domain held the same prefix in
     # time; where none did, its only possible sources are its own domain's: checked. (Domains
-    # without hits of their own get their index only when an ambiguous hit needs it.)
+    # without hits of their own get their index only when an ambiguous hit needs it.) The same
+    # model and salt on another replica of a fleet is not such a domain: a hit from there would be
+    # blocks shared between replicas within one cache domain, never another tenant's context.
     for key, op in ambiguous:
         for k, members in domains.items():
-            if k == key:
+            if k == key or tenancy[k] == tenancy[key]:
                 continue
             other = loose.get(k) or loose.setdefault(k, _PrefixIndex(members, block, track_members=False))
             if other.explained(op)[0] >= (op.cached_tokens or 0):

@@ -61,8 +61,12 @@ def nemesis(history: History, ctx: CheckContext) -> CheckResult:
     if pressure:
         for key in ("preemptions", "evictions"):
             ev[f"memory-pressure:{key}"] = sum(int(a.details.get(key, 0)) for a in pressure)
-        result.notes.append(f"memory pressure: {ev['memory-pressure:preemptions']} preemption(s), "
-                            f"{ev['memory-pressure:evictions']} block eviction(s) over {len(pressure)} run(s)")
+        reset = sum(1 for a in pressure if a.details.get("counters_reset"))
+        result.notes.append(f"memory pressure: {'at least ' if reset else ''}"
+                            f"{ev['memory-pressure:preemptions']} preemption(s), "
+                            f"{ev['memory-pressure:evictions']} block eviction(s) over {len(pressure)} run(s)"
+                            + (f" ({reset} run(s) restarted the server: counted since the last start)"
+                               if reset else ""))
     resets = [a for a in actions if a.nemesis == "cache-reset" and a.action == "reset"]
     if resets:
         result.notes.append(f"cache resets: {sum(a.took_effect for a in resets)} of {len(resets)} took effect")

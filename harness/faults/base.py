@@ -81,6 +81,9 @@ class Fault:
     """The selftest also runs the salted timing audit through it."""
     edits_response: ClassVar[bool] = False
     """The proxy buffers the upstream response and hands it to `on_response` (else it streams)."""
+    without_adapters: ClassVar[str] = ""
+    """Why a selftest that launches the embedded server runs this fault on one launched without LoRA
+    adapters ("": on the shared server)."""
     description: ClassVar[str] = ""
     """`changes` and `models` in one line (set for each subclass)."""
 

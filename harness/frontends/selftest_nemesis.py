@@ -24,10 +24,11 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.client import TargetClient
+from harness.faults import get
 from harness.frontends.commands.selftest import citing_checks, judge, run_fault
 from harness.nemesis import NemesisError, parse_nemeses
 from harness.nemesis.runner import embedded_adapters
-from harness.nemesis.server import embedded_options
+from harness.nemesis.server import NEEDS_ADAPTERS, embedded_options
 from harness.probe.capabilities import Capabilities, ProbeError
 from harness.probe.needs import lacking, probe_target
 from harness.stacks.vllm import EmbeddedServer, LaunchError
@@ -54,7 +55,9 @@ def nemesis_matrix(args: argparse.Namespace, faults: list[str], console: Console
                 missing = lacking(caps)
                 for fault in faults:
                     console.print(f"[bold]{fault}[/] under {nemesis} ...")
-                    cells[nemesis][fault] = _cell(args, fault, nemesis, server, missing)
+                    cells[nemesis][fault] = (_cell_without_adapters(args, fault, nemesis, console)
+                                             if get(fault).without_adapters else
+                                             _cell(args, fault, nemesis, server, missing))
                     _save(out, _merged(earlier, cells), faults)
         except (LaunchError, ProbeError) as exc:
             console.print(f"error: {exc}")
@@ -114,6 +117,20 @@ def _cell(args: argparse.Namespace, fault: str, nemesis: str, server: EmbeddedSe
     return {"good": good, "verdict": j.verdict, "run_verdict": out.verdict.value, "applicable": j.applicable,
             "reason": reason, "injections": injected, "requests": out.meta.requests,
             "duration_s": out.meta.duration_s, "checks": checks, "nemesis_evidence": evidence}
+
+
+def _cell_without_adapters(args: argparse.Namespace, fault: str, nemesis: str, console: Console) -> dict[str, Any]:
+    """A fault that needs a server without LoRA adapters (`Fault.without_adapters`): its cell on a
+    fresh embedded server launched so, with the nemesis's options; not judged under a nemesis that
+    needs the adapters."""
+    why = get(fault).without_adapters
+    if nemesis in NEEDS_ADAPTERS:
+        return {"good": True, "verdict": "n/a", "run_verdict": "n/a", "applicable": False,
+                "reason": f"not judged: {nemesis} needs LoRA adapters, and {fault} a server without them ({why})",
+                "injections": 0, "requests": 0, "duration_s": 0.0, "checks": {}, "nemesis_evidence": {}}
+    console.print(f"  {fault}: on an embedded server launched without LoRA adapters ({why})")
+    with EmbeddedServer(lora=False, **embedded_options((nemesis,))) as plain:
+        return _cell(args, fault, nemesis, plain, lacking(asyncio.run(_probe(plain.base_url))))
 
 
 def _print(cells: dict[str, dict[str, dict[str, Any]]], faults: list[str], console: Console) -> None:

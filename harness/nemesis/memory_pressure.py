@@ -52,8 +52,23 @@ async def read_counters(http: httpx.AsyncClient) -> dict[str, float] | None:
 
 def observed(before: dict[str, float] | None, after: dict[str, float] | None,
              details: dict[str, object]) -> NemesisAction:
-    """The record of one run's pressure: took effect when a preemption or an eviction was counted."""
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS} if before and after else {}
+    """The record of one run's pressure: took effect when a preemption or an eviction was counted.
+
+    A counter that went down was reset by a server restart during the run (crash triage restarts
+    the server): what the earlier lives counted is gone, so the count since the last start (the
+    reading after the run) is kept as a lower bound and the record says so; a difference across
+    a restart would be negative and mean nothing."""
+    delta: dict[str, float] = {}
+    reset: list[str] = []
+    if before and after:
+        for k in COUNTERS:
+            b, a = before.get(k, 0.0), after.get(k, 0.0)
+            if a < b:
+                reset.append(k)
+            delta[k] = a if a < b else a - b
+    extra: dict[str, object] = {"counters": "present" if delta else "absent"}
+    if reset:
+        extra["counters_reset"] = reset
+        extra["lower_bound"] = True
     return NemesisAction("memory-pressure", now(), "observed", took_effect=any(v > 0 for v in delta.values()),
-                         details={**details, **{k: int(v) for k, v in delta.items()},
-                                  "counters": "present" if delta else "absent"})
+                         details={**details, **{k: int(v) for k, v in delta.items()}, **extra})

@@ -160,12 +160,13 @@ class NemesisRunner:
 
 def embedded_adapters(stack: object) -> dict[str, Path]:
     """The adapter folders of an embedded vLLM server (looking through wrappers such as the fault
-    proxy's `FaultedStack`, which keep theirs in `inner`); empty for any other stack."""
+    proxy's `FaultedStack`, which keep theirs in `inner`); empty for any other stack, and for an
+    embedded server launched without LoRA."""
     from harness.stacks.vllm import EmbeddedServer
 
     while not isinstance(stack, EmbeddedServer) and hasattr(stack, "inner"):
         stack = stack.inner
-    if not isinstance(stack, EmbeddedServer) or stack.model_dir is None:
+    if not isinstance(stack, EmbeddedServer) or stack.model_dir is None or not stack.lora:
         return {}
     from harness.testmodel.embedded_model import adapter_dirs
 

@@ -11,6 +11,8 @@ from harness.nemesis.memory_pressure import SERVER_ARGS as PRESSURE_ARGS
 
 NEEDS_LAUNCHED = frozenset({"memory-pressure"})
 """Nemeses that are a configuration of a server the harness launches."""
+NEEDS_ADAPTERS = frozenset({"adapter-churn"})
+"""Nemeses that act on the server's LoRA adapters (a server without them gives them nothing to do)."""
 
 
 def embedded_options(names: tuple[str, ...]) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Iterable
-from contextlib import ExitStack
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,20 @@ def citing_checks(result: RunResult, fault: str | None = None) -> list[str]:
             if r.verdict is Verdict.FAIL and any(set(v.op_ids) & injected for v in r.violations)]
 
 
+@contextmanager
+def row_server(fault: str, launched: bool, target: str, console: Console, **options: Any) -> Iterator[str]:
+    """The URL a fault's row runs against: `target`; or, for a fault that needs a server without
+    LoRA adapters (`Fault.without_adapters`) when the selftest launched the embedded server itself,
+    a fresh embedded server without them (with `options`), stopped after the row."""
+    why = get(fault).without_adapters
+    if not (why and launched):
+        yield target
+        return
+    console.print(f"  {fault}: on an embedded server launched without LoRA adapters ({why})")
+    with EmbeddedServer(lora=False, **options) as server:
+        yield server.base_url
+
+
 def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int,
               files: list[str] | None = None, under: str | None = None,
               base: Stack | None = None, nemesis: tuple[str, ...] = (),
@@ -297,8 +311,13 @@ def selftest(args: argparse.Namespace) -> int:
             spec = get(name)
             row = name if under in (None, name) else f"{name}+{under}"
             console.print(f"[bold]{row}[/] ({spec.kind}) ...")
-            out, injected = run_fault(name, target, args.scenarios, args.report_dir / row, args.seed,
-                                      scenarios_for(name, faults), under=under, base=fleet)
+            try:
+                with row_server(name, args.target is None and args.stack == "vllm", target, console) as url:
+                    out, injected = run_fault(name, url, args.scenarios, args.report_dir / row, args.seed,
+                                              scenarios_for(name, faults), under=under, base=fleet)
+            except LaunchError as exc:
+                console.print(f"error: {exc}")
+                return 2
             checks = {r.name: r.verdict.value for r in out.checks}
             timing: dict[str, str] = {}
             notes: list[str] = []
