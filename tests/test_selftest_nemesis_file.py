@@ -35,26 +35,27 @@ def test_a_rerun_row_replaces_its_cell_and_keeps_the_rest_of_its_column() -> Non
     assert earlier["cache-reset"]["flaky"] == {"good": False}  # the input is not changed
 
 
-def test_a_fault_that_needs_a_server_without_adapters_gets_one_or_is_not_judged() -> None:
-    """crash-combo meets the LoRA server's own engine crash first; it runs on a server launched
-    without adapters, and under adapter-churn (which needs them) its cell is not judged."""
+def test_faults_acting_through_the_adversary_get_a_server_without_adapters_or_are_not_judged() -> None:
+    """On the LoRA server the adversary's hostile prompt_logprobs crash the engine first (a known
+    finding); those faults run on a server launched without adapters, shared by their rows, and
+    under adapter-churn (which needs the adapters) their cells are not judged."""
     from argparse import Namespace
+    from contextlib import ExitStack
 
     from rich.console import Console
 
-    from harness.faults import all_faults, get
-    from harness.frontends.commands.selftest import row_server
+    from harness.faults import all_faults
+    from harness.frontends.commands.selftest import WithoutAdapters
     from harness.frontends.selftest_nemesis import _cell_without_adapters
     from harness.nemesis.runner import embedded_adapters
     from harness.stacks.vllm import EmbeddedServer
 
-    assert [f.name for f in all_faults() if f.without_adapters] == ["crash-combo"]
-    quiet = Console(quiet=True)
-    cell = _cell_without_adapters(Namespace(), "crash-combo", "adapter-churn", quiet)
+    needing = {f.name for f in all_faults() if f.without_adapters}
+    assert needing == {f.name for f in all_faults() if "adversarial-tenant.yaml" in f.scenarios}
+    assert {"crash-combo", "hostile-5xx", "victim-hang"} <= needing
+    with ExitStack() as stack:
+        plain = WithoutAdapters(stack, Console(quiet=True))
+        cell = _cell_without_adapters(Namespace(), "crash-combo", "adapter-churn", plain)
+        assert plain.server is None  # nothing launched for a cell that is not judged
     assert cell["applicable"] is False and cell["good"] is True and "adapter-churn needs" in cell["reason"]
-    # not launched by the selftest (a --target), or a fault fine with adapters: the shared target
-    for fault, launched in (("crash-combo", False), ("swap", True)):
-        with row_server(fault, launched, "http://t", quiet) as url:
-            assert url == "http://t"
-    assert get("swap").without_adapters == ""
     assert embedded_adapters(EmbeddedServer(lora=False, model_dir="/nonexistent")) == {}

@@ -57,6 +57,13 @@ class FaultContext(Protocol):
         """Log one injection into `call` (it becomes a `FaultInjection` in the history)."""
 
 
+ADVERSARY_MEETS_LORA_CRASH = (
+    "on the embedded vLLM 0.32 with LoRA adapters the adversarial tenant's hostile `prompt_logprobs` crash the "
+    "engine (a known finding: findings/vllm-cpu-prompt-logprobs-lora-crash.md), so the row would judge that crash, "
+    "not the fault, and a nemesis's evidence dies with the server")
+"""Why the faults that act through the adversarial tenant run on an embedded server without LoRA."""
+
+
 class Fault:
     """One fault: the spec as class attributes, the hooks as methods (both default to nothing)."""
 
@@ -83,7 +90,7 @@ class Fault:
     """The proxy buffers the upstream response and hands it to `on_response` (else it streams)."""
     without_adapters: ClassVar[str] = ""
     """Why a selftest that launches the embedded server runs this fault on one launched without LoRA
-    adapters ("": on the shared server)."""
+    adapters ("": on the shared server; e.g. `ADVERSARY_MEETS_LORA_CRASH`)."""
     description: ClassVar[str] = ""
     """`changes` and `models` in one line (set for each subclass)."""
 

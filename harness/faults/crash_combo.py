@@ -22,7 +22,7 @@ import aiohttp
 
 from harness.adversary.cases import simple_fields
 from harness.adversary.schema import NO_DEFAULT, FieldSpec, field_specs
-from harness.faults.base import Fault, FaultContext, register
+from harness.faults.base import ADVERSARY_MEETS_LORA_CRASH, Fault, FaultContext, register
 from harness.faults.exchange import Call, Captured
 
 ORDINARY_FIELDS = frozenset({
@@ -59,9 +59,7 @@ class CrashCombo(Fault):
     detectors = ("availability",)
     scenarios = ("adversarial-tenant.yaml",)
     edits_response = True
-    without_adapters = ("on the embedded vLLM 0.32 with LoRA, the adversary's hostile `prompt_logprobs` crash the "
-                        "engine first (a known finding: findings/vllm-cpu-prompt-logprobs-lora-crash.md), so two "
-                        "carriers are never answered together and the fault is never injected")
+    without_adapters = ADVERSARY_MEETS_LORA_CRASH
 
     def __init__(self, ctx: FaultContext) -> None:
         super().__init__(ctx)

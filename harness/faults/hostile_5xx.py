@@ -7,7 +7,7 @@ that a known finding scoped to one status (HTTP 500 on one field) absorbs nothin
 
 from __future__ import annotations
 
-from harness.faults.base import Fault, register
+from harness.faults.base import ADVERSARY_MEETS_LORA_CRASH, Fault, register
 from harness.faults.exchange import Call, Captured
 from harness.history.record import Role
 
@@ -23,6 +23,7 @@ class Hostile5xx(Fault):
     detected_by = "availability (a hostile request answered with a 5xx)"
     detectors = ("availability",)
     scenarios = ("adversarial-tenant.yaml",)
+    without_adapters = ADVERSARY_MEETS_LORA_CRASH
 
     async def on_request(self, call: Call) -> Captured | None:
         run = (call.op or "").split("/", 1)[0]

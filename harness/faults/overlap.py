@@ -9,7 +9,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from harness.faults.base import Fault, FaultContext
+from harness.faults.base import ADVERSARY_MEETS_LORA_CRASH, Fault, FaultContext
 from harness.faults.exchange import Call, Captured
 from harness.history.record import Role
 
@@ -78,6 +78,7 @@ class HoldsHostile(Fault):
     detected_by = "availability (harm to another tenant, reproduced by replaying the overlapping pair)"
     detectors = ("availability",)
     scenarios = ("adversarial-tenant.yaml",)
+    without_adapters = ADVERSARY_MEETS_LORA_CRASH
     edits_response = True
 
     def __init__(self, ctx: FaultContext) -> None:

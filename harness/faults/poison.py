@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from harness.faults.base import Fault, FaultContext, register
+from harness.faults.base import ADVERSARY_MEETS_LORA_CRASH, Fault, FaultContext, register
 from harness.faults.exchange import Call, Captured
 from harness.faults.overlap import LiveCalls, hostile
 
@@ -35,6 +35,7 @@ class PoisonRequest(Fault):
     detected_by = "availability (one incident, replayed and bisected to the poison request)"
     detectors = ("availability",)
     scenarios = ("adversarial-tenant.yaml",)
+    without_adapters = ADVERSARY_MEETS_LORA_CRASH
     edits_response = True
 
     def __init__(self, ctx: FaultContext) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from rich.table import Table
 
 from harness.client import TargetClient
 from harness.faults import get
-from harness.frontends.commands.selftest import citing_checks, judge, run_fault
+from harness.frontends.commands.selftest import WithoutAdapters, citing_checks, judge, run_fault
 from harness.nemesis import NemesisError, parse_nemeses
 from harness.nemesis.runner import embedded_adapters
 from harness.nemesis.server import NEEDS_ADAPTERS, embedded_options
@@ -50,12 +51,13 @@ def nemesis_matrix(args: argparse.Namespace, faults: list[str], console: Console
     for nemesis in names:
         console.print(f"[bold]nemesis {nemesis}[/]: starting the embedded server ...")
         try:
-            with EmbeddedServer(**embedded_options((nemesis,))) as server:
-                caps = asyncio.run(_probe(server.base_url))
-                missing = lacking(caps)
+            with ExitStack() as column:
+                server = column.enter_context(EmbeddedServer(**embedded_options((nemesis,))))
+                missing = lacking(asyncio.run(_probe(server.base_url)))
+                plain = WithoutAdapters(column, console, **embedded_options((nemesis,)))
                 for fault in faults:
                     console.print(f"[bold]{fault}[/] under {nemesis} ...")
-                    cells[nemesis][fault] = (_cell_without_adapters(args, fault, nemesis, console)
+                    cells[nemesis][fault] = (_cell_without_adapters(args, fault, nemesis, plain)
                                              if get(fault).without_adapters else
                                              _cell(args, fault, nemesis, server, missing))
                     _save(out, _merged(earlier, cells), faults)
@@ -119,18 +121,18 @@ def _cell(args: argparse.Namespace, fault: str, nemesis: str, server: EmbeddedSe
             "duration_s": out.meta.duration_s, "checks": checks, "nemesis_evidence": evidence}
 
 
-def _cell_without_adapters(args: argparse.Namespace, fault: str, nemesis: str, console: Console) -> dict[str, Any]:
-    """A fault that needs a server without LoRA adapters (`Fault.without_adapters`): its cell on a
-    fresh embedded server launched so, with the nemesis's options; not judged under a nemesis that
+def _cell_without_adapters(args: argparse.Namespace, fault: str, nemesis: str,
+                           plain: WithoutAdapters) -> dict[str, Any]:
+    """A fault that needs a server without LoRA adapters (`Fault.without_adapters`): its cell on
+    the column's server launched so (with the nemesis's options); not judged under a nemesis that
     needs the adapters."""
-    why = get(fault).without_adapters
     if nemesis in NEEDS_ADAPTERS:
         return {"good": True, "verdict": "n/a", "run_verdict": "n/a", "applicable": False,
-                "reason": f"not judged: {nemesis} needs LoRA adapters, and {fault} a server without them ({why})",
+                "reason": f"not judged: {nemesis} needs LoRA adapters, and {fault} a server without them "
+                          f"({get(fault).without_adapters})",
                 "injections": 0, "requests": 0, "duration_s": 0.0, "checks": {}, "nemesis_evidence": {}}
-    console.print(f"  {fault}: on an embedded server launched without LoRA adapters ({why})")
-    with EmbeddedServer(lora=False, **embedded_options((nemesis,))) as plain:
-        return _cell(args, fault, nemesis, plain, lacking(asyncio.run(_probe(plain.base_url))))
+    server = plain(fault)
+    return _cell(args, fault, nemesis, server, lacking(asyncio.run(_probe(server.base_url))))
 
 
 def _print(cells: dict[str, dict[str, dict[str, Any]]], faults: list[str], console: Console) -> None:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,18 +188,21 @@ def citing_checks(result: RunResult, fault: str | None = None) -> list[str]:
             if r.verdict is Verdict.FAIL and any(set(v.op_ids) & injected for v in r.violations)]
 
 
-@contextmanager
-def row_server(fault: str, launched: bool, target: str, console: Console, **options: Any) -> Iterator[str]:
-    """The URL a fault's row runs against: `target`; or, for a fault that needs a server without
-    LoRA adapters (`Fault.without_adapters`) when the selftest launched the embedded server itself,
-    a fresh embedded server without them (with `options`), stopped after the row."""
-    why = get(fault).without_adapters
-    if not (why and launched):
-        yield target
-        return
-    console.print(f"  {fault}: on an embedded server launched without LoRA adapters ({why})")
-    with EmbeddedServer(lora=False, **options) as server:
-        yield server.base_url
+class WithoutAdapters:
+    """An embedded server launched without LoRA adapters, for the rows of faults that need one
+    (`Fault.without_adapters`): launched on first use (with `options`), shared by those rows, and
+    stopped with `stack`."""
+
+    def __init__(self, stack: ExitStack, console: Console, **options: Any) -> None:
+        self.stack, self.console, self.options = stack, console, options
+        self.server: EmbeddedServer | None = None
+
+    def __call__(self, fault: str) -> EmbeddedServer:
+        if self.server is None:
+            self.console.print(f"  launching an embedded server without LoRA adapters for {fault} and its kind "
+                               f"({get(fault).without_adapters})")
+            self.server = self.stack.enter_context(EmbeddedServer(lora=False, **self.options))
+        return self.server
 
 
 def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int,
@@ -307,17 +310,20 @@ def selftest(args: argparse.Namespace) -> int:
         for n, why in lacking.items():
             console.print(f"[yellow]target lacks {n}[/]: {why}")
         replicas = fleet.traits.replicas if fleet is not None else 0
+        plain = WithoutAdapters(stack, console)
         for name in faults:
             spec = get(name)
             row = name if under in (None, name) else f"{name}+{under}"
             console.print(f"[bold]{row}[/] ({spec.kind}) ...")
-            try:
-                with row_server(name, args.target is None and args.stack == "vllm", target, console) as url:
-                    out, injected = run_fault(name, url, args.scenarios, args.report_dir / row, args.seed,
-                                              scenarios_for(name, faults), under=under, base=fleet)
-            except LaunchError as exc:
-                console.print(f"error: {exc}")
-                return 2
+            url = target
+            if spec.without_adapters and args.target is None and args.stack == "vllm":
+                try:
+                    url = plain(name).base_url
+                except LaunchError as exc:
+                    console.print(f"error: {exc}")
+                    return 2
+            out, injected = run_fault(name, url, args.scenarios, args.report_dir / row, args.seed,
+                                      scenarios_for(name, faults), under=under, base=fleet)
             checks = {r.name: r.verdict.value for r in out.checks}
             timing: dict[str, str] = {}
             notes: list[str] = []
