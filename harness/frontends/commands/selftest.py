@@ -199,8 +199,8 @@ class WithoutAdapters:
 
     def __call__(self, fault: str) -> EmbeddedServer:
         if self.server is None:
-            self.console.print(f"  launching an embedded server without LoRA adapters for {fault} and its kind "
-                               f"({get(fault).without_adapters})")
+            self.console.print(f"  launching an embedded server without LoRA adapters for {fault} and the later "
+                               f"rows that need one ({get(fault).without_adapters})")
             self.server = self.stack.enter_context(EmbeddedServer(lora=False, **self.options))
         return self.server
 
