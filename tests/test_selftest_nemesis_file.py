@@ -45,7 +45,7 @@ def test_faults_acting_through_the_adversary_get_a_server_without_adapters_or_ar
     from rich.console import Console
 
     from harness.faults import all_faults
-    from harness.frontends.commands.selftest import WithoutAdapters
+    from harness.frontends.commands.selftest import LazyServer
     from harness.frontends.selftest_nemesis import _cell_without_adapters
     from harness.nemesis.runner import embedded_adapters
     from harness.stacks.vllm import EmbeddedServer
@@ -54,7 +54,7 @@ def test_faults_acting_through_the_adversary_get_a_server_without_adapters_or_ar
     assert needing == {f.name for f in all_faults() if "adversarial-tenant.yaml" in f.scenarios}
     assert {"crash-combo", "hostile-5xx", "victim-hang"} <= needing
     with ExitStack() as stack:
-        plain = WithoutAdapters(stack, Console(quiet=True))
+        plain = LazyServer(stack, Console(quiet=True), lora=False)
         cell = _cell_without_adapters(Namespace(), "crash-combo", "adapter-churn", plain)
         assert plain.server is None  # nothing launched for a cell that is not judged
     assert cell["applicable"] is False and cell["good"] is True and "adapter-churn needs" in cell["reason"]

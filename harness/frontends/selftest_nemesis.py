@@ -1,7 +1,9 @@
 """`harness selftest --nemesis NAME[,NAME]`: the fault x nemesis matrix.
 
 Each nemesis gets a column: an embedded vLLM server launched with what that nemesis needs
-(`harness.nemesis.server.embedded_options`), every fault and benign control run through the fault
+(`harness.nemesis.server.embedded_options`; the faults that need a server without LoRA adapters,
+`Fault.without_adapters`, get a second one launched so, and are not judged under a nemesis that
+needs the adapters), every fault and benign control run through the fault
 proxy in front of it while the nemesis acts (`run_fault(..., nemesis=...)`), each row judged as
 the plain selftest judges it (`judge`: a fault must be detected by its own detectors citing an
 injected request; a benign control must PASS). A column counts only when the nemesis really acted
@@ -15,7 +17,6 @@ folder.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,14 +25,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness.client import TargetClient
 from harness.faults import get
-from harness.frontends.commands.selftest import WithoutAdapters, citing_checks, judge, run_fault
+from harness.frontends.commands.selftest import LazyServer, citing_checks, judge, run_fault
 from harness.nemesis import NemesisError, parse_nemeses
 from harness.nemesis.runner import embedded_adapters
 from harness.nemesis.server import NEEDS_ADAPTERS, embedded_options
-from harness.probe.capabilities import Capabilities, ProbeError
-from harness.probe.needs import lacking, probe_target
+from harness.probe.capabilities import ProbeError
 from harness.stacks.vllm import EmbeddedServer, LaunchError
 
 
@@ -49,17 +48,18 @@ def nemesis_matrix(args: argparse.Namespace, faults: list[str], console: Console
     out = args.report_dir / "selftest-nemesis.json"
     earlier = _earlier(out)
     for nemesis in names:
-        console.print(f"[bold]nemesis {nemesis}[/]: starting the embedded server ...")
+        console.print(f"[bold]nemesis {nemesis}[/] ...")
         try:
-            with ExitStack() as column:
-                server = column.enter_context(EmbeddedServer(**embedded_options((nemesis,))))
-                missing = lacking(asyncio.run(_probe(server.base_url)))
-                plain = WithoutAdapters(column, console, **embedded_options((nemesis,)))
+            with ExitStack() as column:  # each server launched when a row first needs it
+                shared = LazyServer(column, console, **embedded_options((nemesis,)))
+                plain = LazyServer(column, console, lora=False, **embedded_options((nemesis,)))
                 for fault in faults:
                     console.print(f"[bold]{fault}[/] under {nemesis} ...")
-                    cells[nemesis][fault] = (_cell_without_adapters(args, fault, nemesis, plain)
-                                             if get(fault).without_adapters else
-                                             _cell(args, fault, nemesis, server, missing))
+                    if get(fault).without_adapters:
+                        cells[nemesis][fault] = _cell_without_adapters(args, fault, nemesis, plain)
+                    else:
+                        server = shared(f"with what {nemesis} needs, for its column")
+                        cells[nemesis][fault] = _cell(args, fault, nemesis, server, shared.lacking)
                     _save(out, _merged(earlier, cells), faults)
         except (LaunchError, ProbeError) as exc:
             console.print(f"error: {exc}")
@@ -96,11 +96,6 @@ def _save(path: Path, cells: dict[str, dict[str, dict[str, Any]]], faults: list[
     path.write_text(json.dumps({"ok": ok, "nemeses": list(cells), "faults": faults, "cells": cells}, indent=2))
 
 
-async def _probe(target: str) -> Capabilities:
-    async with TargetClient(target) as client:
-        return await probe_target(client)
-
-
 def _cell(args: argparse.Namespace, fault: str, nemesis: str, server: EmbeddedServer,
           lacking: dict[str, str]) -> dict[str, Any]:
     """One fault under one nemesis: the row's judgement, and whether the nemesis acted."""
@@ -122,7 +117,7 @@ def _cell(args: argparse.Namespace, fault: str, nemesis: str, server: EmbeddedSe
 
 
 def _cell_without_adapters(args: argparse.Namespace, fault: str, nemesis: str,
-                           plain: WithoutAdapters) -> dict[str, Any]:
+                           plain: LazyServer) -> dict[str, Any]:
     """A fault that needs a server without LoRA adapters (`Fault.without_adapters`): its cell on
     the column's server launched so (with the nemesis's options); not judged under a nemesis that
     needs the adapters."""
@@ -131,8 +126,9 @@ def _cell_without_adapters(args: argparse.Namespace, fault: str, nemesis: str,
                 "reason": f"not judged: {nemesis} needs LoRA adapters, and {fault} a server without them "
                           f"({get(fault).without_adapters})",
                 "injections": 0, "requests": 0, "duration_s": 0.0, "checks": {}, "nemesis_evidence": {}}
-    server = plain(fault)
-    return _cell(args, fault, nemesis, server, lacking(asyncio.run(_probe(server.base_url))))
+    server = plain(f"without LoRA adapters, for {fault} and the later rows that need one "
+                   f"({get(fault).without_adapters})")
+    return _cell(args, fault, nemesis, server, plain.lacking)
 
 
 def _print(cells: dict[str, dict[str, dict[str, Any]]], faults: list[str], console: Console) -> None:

@@ -42,6 +42,7 @@ from harness.frontends.replica_death import replica_death_row
 from harness.frontends.runs import run_files
 from harness.history.record import FaultInjection
 from harness.probe.capabilities import Capabilities, ProbeError
+from harness.probe.needs import lacking as lacking_needs
 from harness.probe.needs import offered, probe_target
 from harness.reporters.html_selftest import write_selftest_html
 from harness.result import RunResult
@@ -188,20 +189,23 @@ def citing_checks(result: RunResult, fault: str | None = None) -> list[str]:
             if r.verdict is Verdict.FAIL and any(set(v.op_ids) & injected for v in r.violations)]
 
 
-class WithoutAdapters:
-    """An embedded server launched without LoRA adapters, for the rows of faults that need one
-    (`Fault.without_adapters`): launched on first use (with `options`), shared by those rows, and
-    stopped with `stack`."""
+class LazyServer:
+    """An embedded vLLM server launched on first use (with `options`; `lora=False` for the rows of
+    faults that need a server without adapters, `Fault.without_adapters`), shared by the rows that
+    use it and stopped with `stack`; what its probe found lacking is kept with it."""
 
     def __init__(self, stack: ExitStack, console: Console, **options: Any) -> None:
         self.stack, self.console, self.options = stack, console, options
         self.server: EmbeddedServer | None = None
+        self.lacking: dict[str, str] = {}
 
-    def __call__(self, fault: str) -> EmbeddedServer:
+    def __call__(self, why: str = "") -> EmbeddedServer:
+        """The server, launched now if it is not yet (`why`: said when it is launched)."""
         if self.server is None:
-            self.console.print(f"  launching an embedded server without LoRA adapters for {fault} and the later "
-                               f"rows that need one ({get(fault).without_adapters})")
-            self.server = self.stack.enter_context(EmbeddedServer(lora=False, **self.options))
+            if why:
+                self.console.print(f"  launching an embedded server: {why}")
+            self.server = self.stack.enter_context(EmbeddedServer(**self.options))
+            self.lacking = lacking_needs(asyncio.run(_probe(self.server.base_url)))
         return self.server
 
 
@@ -310,7 +314,7 @@ def selftest(args: argparse.Namespace) -> int:
         for n, why in lacking.items():
             console.print(f"[yellow]target lacks {n}[/]: {why}")
         replicas = fleet.traits.replicas if fleet is not None else 0
-        plain = WithoutAdapters(stack, console)
+        plain = LazyServer(stack, console, lora=False)
         for name in faults:
             spec = get(name)
             row = name if under in (None, name) else f"{name}+{under}"
@@ -318,8 +322,9 @@ def selftest(args: argparse.Namespace) -> int:
             url = target
             if spec.without_adapters and args.target is None and args.stack == "vllm":
                 try:
-                    url = plain(name).base_url
-                except LaunchError as exc:
+                    url = plain(f"without LoRA adapters, for {name} and the later rows that need one "
+                                f"({spec.without_adapters})").base_url
+                except (LaunchError, ProbeError) as exc:
                     console.print(f"error: {exc}")
                     return 2
             out, injected = run_fault(name, url, args.scenarios, args.report_dir / row, args.seed,
