@@ -61,6 +61,8 @@ MINIMUM_EVIDENCE: tuple[Minimum, ...] = (
     Minimum("cache-transparency", "output tokens compared with the cold solo reference",
             _count("tokens_compared"), least=1),
     Minimum("cache-transparency", "conversations not comparable (no token ids)", _count("incomparable"), most=0),
+    Minimum("prompt-echo", "responses whose echoed prompt ids were compared", _count("responses"), least=1),
+    Minimum("prompt-echo", "responses without prompt token ids", _count("without_prompt_ids"), most=0),
     Minimum("availability", "hostile requests answered", _count("exercised"), least=1),
     Minimum("availability", "adversarial scenarios fuzzed without an OpenAPI document (only the few fields every "
             "OpenAI-compatible server takes)", _count("scenarios_without_openapi"), most=0),

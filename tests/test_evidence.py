@@ -18,6 +18,7 @@ def _full() -> list[CheckResult]:
                     evidence={"tokens_compared": 96, "pairs_present": 4, "pairs_observable": 4}),
         CheckResult("cache-transparency", Verdict.PASS, exercised=6, evidence={"tokens_compared": 96}),
         CheckResult("availability", Verdict.PASS, exercised=20),
+        CheckResult("prompt-echo", Verdict.PASS, exercised=12, evidence={"responses": 12, "without_prompt_ids": 0}),
     ]
 
 

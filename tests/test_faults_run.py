@@ -48,6 +48,8 @@ def _assert_reproducers(out, tmp_path: Path) -> None:
         ("swap", ["burst.yaml"], {"cache-transparency"}),
         ("bleed", ["shared-system-prompt.yaml"], {"counterfactual-isolation", "cache-transparency"}),
         ("flip", ["strict-prefix.yaml"], {"cache-transparency"}),
+        # a stored response served for another prompt reports that prompt's ids
+        ("stale", ["shared-document.yaml"], {"prompt-echo"}),
         # the embedded model copies from context: the fishing tail surfaces the injected canary
         ("inject-context", ["shared-document.yaml"], {"cache-transparency", "canary"}),
     ],

@@ -35,17 +35,21 @@ LLAMACPP_LACKS = {
     "salt": "cache_salt separation could not be verified (cannot observe cache hits)",
     "cold-reference": "neither a cache salt nor a cache reset could be verified",
     "prefix-metrics": "the target exposes no prefix-cache counters on /metrics",
+    "prompt-ids": "the target echoes no prompt token ids",
 }
 ALL_PASS = {c: "pass" for c in ("counterfactual-isolation", "cache-transparency", "canary", "exercised",
-                                "cache-accounting", "requests")} | {"server-counters": "n/a", "availability": "n/a"}
+                                "cache-accounting", "requests", "prompt-echo")} | {"server-counters": "n/a",
+                                                                                   "availability": "n/a"}
 # A benign run on llama.cpp: the output checks decide, the cache checks cannot.
-LLAMACPP_BENIGN = ALL_PASS | {"cache-transparency": "unknown", "exercised": "unknown", "cache-accounting": "unknown"}
+LLAMACPP_BENIGN = ALL_PASS | {"cache-transparency": "unknown", "exercised": "unknown", "cache-accounting": "unknown",
+                              "prompt-echo": "unknown"}
 
 
 def _caps(**available: bool | None) -> Capabilities:
     """Capabilities with everything the selftest reads verified, except as overridden."""
     caps = Capabilities(target="http://fake")
-    for name in ("output_token_ids", "cached_tokens", "cache_salt_effective", "cache_reset", "prefix_cache_metrics"):
+    for name in ("output_token_ids", "prompt_token_ids", "cached_tokens", "cache_salt_effective", "cache_reset",
+                 "prefix_cache_metrics"):
         setattr(caps, name, Capability(True, True, "seen"))
     caps.logprobs = Capability(True, 20, "20 per position")
     for name, value in available.items():
@@ -201,7 +205,8 @@ def _fake_run(detect: dict[str, str], benign: dict[str, str]):
 
 
 def _llamacpp_caps() -> Capabilities:
-    return _caps(cached_tokens=False, cache_salt_effective=None, cache_reset=False, prefix_cache_metrics=False)
+    return _caps(cached_tokens=False, cache_salt_effective=None, cache_reset=False, prefix_cache_metrics=False,
+                 prompt_token_ids=False)
 
 
 @pytest.mark.parametrize(("caps", "detect", "code"), [

@@ -5,6 +5,7 @@ from harness.checks import (  # noqa: F401
     availability,
     canary,
     counters,
+    echo,
     exercised,
     isolation,
     nemesis,

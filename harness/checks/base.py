@@ -21,6 +21,7 @@ class Need(StrEnum):
     from the capability probe (`harness.probe.needs.offered`)."""
 
     TOKEN_IDS = "token-ids"
+    PROMPT_IDS = "prompt-ids"
     TOP_LOGPROBS = "top-logprobs"
     CACHED_TOKENS = "cached-tokens"
     SALT = "salt"
@@ -34,6 +35,7 @@ class Need(StrEnum):
 
 _NEED_TEXT = {
     Need.TOKEN_IDS: "output token ids (sent by the server, or recovered with its own tokenizer)",
+    Need.PROMPT_IDS: "the prompt token ids of each request, echoed with its response",
     Need.TOP_LOGPROBS: "at least 2 top logprobs per output position",
     Need.CACHED_TOKENS: "per-request cached-token counts",
     Need.SALT: "a cache salt that verifiably separates cache domains",

@@ -20,8 +20,9 @@ class Stale(Fault):
                f"{STALE_MIN_PREFIX_WORDS} leading words but differs after them, without asking the server.")
     models = ("a response or prefix cache keyed on too little (a truncated prompt, a hash of the first blocks "
               "only), serving one request's result for another.")
-    detected_by = "cache transparency; counterfactual isolation"
-    detectors = ("cache-transparency", "counterfactual-isolation")
+    detected_by = ("prompt echo (the response reports the stored request's prompt ids, in every run alike); cache "
+                   "transparency and counterfactual isolation where the stored response differs between runs")
+    detectors = ("cache-transparency", "counterfactual-isolation", "prompt-echo")
     needs = (Need.TOKEN_IDS,)
     scenarios = ("shared-document.yaml",)
     edits_response = True

@@ -21,8 +21,9 @@ class Swap(Fault):
                "passes through when no partner comes.")
     models = ("request/response mix-ups under batching: output buffers or detokenizer state indexed by batch slot "
               "after the batch was reordered, responses routed to the wrong connection by a gateway.")
-    detected_by = "counterfactual isolation (a user's tokens change with another user's prompt)"
-    detectors = ("counterfactual-isolation", "cache-transparency", "canary")
+    detected_by = ("counterfactual isolation (a user's tokens change with another user's prompt); prompt echo (the "
+                   "response reports the other request's prompt ids)")
+    detectors = ("counterfactual-isolation", "cache-transparency", "canary", "prompt-echo")
     needs = (Need.TOKEN_IDS,)
     scenarios = ("burst.yaml",)
     edits_response = True

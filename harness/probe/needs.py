@@ -48,6 +48,8 @@ def offered(caps: Capabilities, can_restart: bool = False) -> dict[str, str | No
     out: dict[Need, str | None] = {
         Need.TOKEN_IDS: why(caps.output_token_ids, "the target gives no output token ids and none could be recovered",
                             "output token ids could not be verified"),
+        Need.PROMPT_IDS: why(caps.prompt_token_ids, "the target echoes no prompt token ids",
+                             "prompt token ids could not be verified"),
         Need.TOP_LOGPROBS: None if caps.logprobs.available and depth >= 2 else
         f"the target gives {depth} top logprob(s) per position, 2 needed",
         Need.CACHED_TOKENS: why(caps.cached_tokens, "the target reports no cached-token counts",
