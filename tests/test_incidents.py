@@ -10,6 +10,7 @@ from harness.checks.availability import availability
 from harness.checks.base import CheckContext
 from harness.history.record import History, Incident, Operation, Record, TriageReplay
 from harness.incidents import atriage, attribute, find_incidents, stopped_at, stopped_text, triage
+from harness.incidents.triage_run import control_request
 from harness.verdict import Verdict
 from tests.factories import info, op
 
@@ -200,6 +201,33 @@ def test_a_failure_that_recurs_only_by_chance_is_not_pinned_on_a_request() -> No
     assert attribute(unconfirmed)[0].group is None
     confirmed = _crash_history(TriageReplay(1.0, lucky, True), *[TriageReplay(1.0, lucky, True, confirming=True)] * 2)
     assert attribute(confirmed)[0].group == tuple(lucky)
+
+
+def test_a_group_is_not_blamed_when_a_plain_request_alone_fails_too() -> None:
+    """A router whose circuit breakers are open answers everyone 503 for a minute: every replay of
+    any group "reproduces". The control (a plain request of the run, alone) failing too means the
+    target was refusing everyone: not attributed. A control that succeeds leaves the group blamed."""
+    lucky = ["adversary/s/crash"]
+    confirmed = [TriageReplay(1.0, lucky, True), *[TriageReplay(1.0, lucky, True, confirming=True)] * 2]
+    refused = _crash_history(*confirmed, TriageReplay(1.0, ["main/s/a/0"], True, note="statuses {'503': 1}",
+                                                      control=True))
+    [a] = attribute(refused)
+    assert a.group is None and "refusing everyone" in a.why_not and "main/s/a/0" in a.why_not
+    assert availability(refused, CTX).verdict is Verdict.UNKNOWN
+    served = _crash_history(*confirmed, TriageReplay(1.0, ["main/s/a/0"], False, control=True))
+    assert attribute(served)[0].group == tuple(lucky)
+
+
+def test_the_control_is_a_plain_request_outside_the_group_of_the_same_scenario() -> None:
+    hostile = _op("adversary", "mallory", 0.0, 1.0, None, tenant="evil", op_id="adversary/s/crash")
+    served = _op("adversary", "mallory", 0.1, 0.5, tenant="evil", op_id="adversary/s/fine")  # hostile: never
+    failed = _op("main", "b", 0.1, 1.0, None, tenant="acme")
+    other = _op("main", "a", 0.2, 0.6, tenant="acme", scenario="t", op_id="main/t/a/0")
+    plain = _op("main", "a", 0.3, 0.7, tenant="acme")
+    h = _history(hostile, served, failed, other, plain)
+    assert control_request(h, [hostile]) is plain  # the group's scenario first
+    assert control_request(h, [hostile, plain]) is other  # else any plain request that succeeded
+    assert control_request(h, [hostile, plain, other]) is None
 
 
 def test_an_incident_never_replayed_is_unknown_with_the_reason() -> None:

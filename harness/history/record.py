@@ -220,6 +220,9 @@ class TriageReplay:
     """The server did not answer after this replay (it died: no chance recurrence of a 5xx)."""
     confirming: bool = False
     """A confirmation replay of the bisection's final group (harness.incidents.triage_run)."""
+    control: bool = False
+    """A plain request that succeeded in the run, replayed alone after the confirmations: when it
+    fails too, the target was refusing everyone, not reacting to the group."""
     kind: str = "triage"
 
 

@@ -3,9 +3,11 @@
 An incident is attributed to a tenant's input only when a replay reproduced it (docs/design.md,
 "Incidents"), and not by chance: a replay of the group took the server down, or the group's
 CONFIRMATIONS further replays all reproduced it (a server that fails at random must not get its
-failures pinned on a request). The smallest group of requests whose concurrent replay
-reproduced it is the finding's reproducer; it is 1-minimal when the history shows that each
-group without one of its members was replayed and did not reproduce. An incident that was not
+failures pinned on a request), and a plain request of the run replayed alone afterwards (the
+control) did not fail too (a target refusing everyone says nothing about the group). The smallest
+group of requests whose concurrent replay reproduced it is the finding's reproducer; it is
+1-minimal when the history shows that each group without one of its members was replayed and did
+not reproduce. An incident that was not
 replayed, or whose replays never reproduced it, is attributable to no input: the check that owns
 it is UNKNOWN, never FAIL, and never PASS.
 """
@@ -40,6 +42,10 @@ class Attribution:
     def why_not(self) -> str:
         """Why it is not attributed (for a report line)."""
         notes = [r.note for r in self.replays if not r.op_ids and r.note]
+        control = next((r for r in self.replays if r.control and r.reproduced), None)
+        if control is not None:
+            return (f"a plain request of the run ({control.op_ids[0]}) replayed alone after the group's confirmations "
+                    f"failed too ({control.note}): the target was refusing everyone, not reacting to the group")
         tried = [r for r in self.replays if r.op_ids]
         if tried:
             return f"{len(tried)} replay(s) of the requests in flight did not reproduce it" + (
@@ -53,7 +59,9 @@ def attribute(history: History) -> list[Attribution]:
     out = []
     for ev in find_incidents(history):
         mine = tuple(r for r in replays if abs(r.incident_at_s - ev.at_s) <= SAME_TIME_S)
-        hits = [r for r in mine if r.reproduced and r.op_ids and _confirmed(r.op_ids, mine)]
+        refused = any(r.control and r.reproduced for r in mine)  # a plain request alone failed too
+        hits = [r for r in mine if r.reproduced and r.op_ids and not r.control and not refused
+                and _confirmed(r.op_ids, mine)]
         group = tuple(min(reversed(hits), key=lambda r: len(r.op_ids)).op_ids) if hits else None
         out.append(Attribution(ev, mine, group, group is not None and _one_minimal(group, mine)))
     return out

@@ -8,7 +8,10 @@ record; an incident that is not replayed gets one empty `TriageReplay` saying wh
 `availability` check then reads these (`attribution.attribute`): reproduced is a FAIL naming the
 group; not reproduced is UNKNOWN. A group whose replays left the server up (a 5xx, a dropped
 connection) is replayed CONFIRMATIONS more times: a server that fails at random would otherwise
-get its failures pinned on whichever request a lucky bisection ended with.
+get its failures pinned on whichever request a lucky bisection ended with. Then one plain request
+of the run is replayed alone (the control): if it fails too, the target was refusing everyone
+(vllm-router's circuit breakers, once open, answer every tenant 503 for a minute), and no
+replay of the group says anything about the group.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ async def triage_incidents(history: History, stack: Stack, sink: Sink, *, opt_in
         downed: set[frozenset[str]] = set()
 
         async def replay(sub: list[Operation], ev: IncidentEvent = ev, confirming: bool = False,
-                         downed: set[frozenset[str]] = downed) -> bool:
+                         downed: set[frozenset[str]] = downed, control: bool = False) -> bool:
             nonlocal spent
             if spent >= budget.total or time.monotonic() > deadline:
                 raise _Spent
@@ -87,21 +90,38 @@ async def triage_incidents(history: History, stack: Stack, sink: Sink, *, opt_in
             if not up:
                 downed.add(frozenset(o.op_id for o in sub))
             sink.append(TriageReplay(ev.at_s, [o.op_id for o in sub], reproduced, note=_note(outcomes, up, sub),
-                                     server_down=not up, confirming=confirming))
+                                     server_down=not up, confirming=confirming, control=control))
             return reproduced
 
         try:
             found = await atriage(group, replay, hint=hint, max_replays=budget.per_incident, attempts=3)
             if found.group and frozenset(o.op_id for o in found.group) not in downed:
+                confirmed = True
                 for _ in range(CONFIRMATIONS):
                     if not await replay(found.group, confirming=True):
+                        confirmed = False
                         break
+                plain = control_request(history, found.group)
+                if confirmed and plain is not None:
+                    await replay([plain], control=True)
         except _Spent:
             sink.append(TriageReplay(ev.at_s, [], False, note="bisection stopped: the run's triage budget was spent"))
         except ServerGone as exc:
             gone = f"the server did not come back for replays: {exc}"
             sink.append(TriageReplay(ev.at_s, [], False, note=f"bisection stopped: {gone}"))
     return events
+
+
+def control_request(history: History, group: list[Operation]) -> Operation | None:
+    """A plain request to replay alone after a group's confirmations: one of the harness's own
+    that succeeded in the run, not in the group, preferably of the group's scenario and endpoint.
+    If it fails too, the target is refusing everyone (a router whose circuit breakers are all
+    open, an overloaded server), and the group is not the cause."""
+    taken = {o.op_id for o in group}
+    plain = [o for o in history.ops if o.ok and not o.role.hostile and o.op_id not in taken]
+    first = group[0]
+    return next((o for o in plain if o.scenario == first.scenario and o.endpoint == first.endpoint),
+                plain[0] if plain else None)
 
 
 def _note(outcomes: list[Outcome], up: bool, sub: list[Operation]) -> str:
