@@ -248,3 +248,20 @@ def test_selftest_command(caps, detect: dict[str, str], code: int, tmp_path: Pat
         assert "n/a" in page and "can never PASS here either" in page
     else:
         assert data["not_applicable"] == {} and not any(data["faults"][b]["good"] for b in BENIGN_NAMES)
+
+
+def test_a_covering_control_gets_a_row_on_each_server_the_selftest_launched() -> None:
+    """On the embedded servers the adversary's faults run without LoRA (their scenario would meet
+    the LoRA server's known crash and kill it for every later row); the noise control covers the
+    faults of each server on that server, in a second row for the server without adapters."""
+    faults = ["swap", "noise", "hostile-5xx"]
+    plan = st.row_plan(faults, None, True)
+    assert plan == [("swap", "swap", False), ("noise", "noise", False),
+                    ("noise", "noise (without adapters)", True), ("hostile-5xx", "hostile-5xx", True)]
+    assert "adversarial-tenant.yaml" not in st.scenarios_for("noise", faults, False)
+    assert "burst.yaml" in st.scenarios_for("noise", faults, False)
+    assert st.scenarios_for("noise", faults, True) == ["adversarial-tenant.yaml"]
+    assert st.base_fault("noise+drift (without adapters)") == "noise"
+    # against a URL: one server, one row each, the control covering everything
+    assert [r for _, r, _ in st.row_plan(faults, "drift", False)] == ["swap+drift", "noise+drift", "hostile-5xx+drift"]
+    assert "adversarial-tenant.yaml" in st.scenarios_for("noise", faults)

@@ -146,14 +146,39 @@ def judge_blind(name: str, checks: dict[str, str], run_verdict: str, injections:
                      f"{run_verdict.upper()} ({got})")
 
 
-def scenarios_for(name: str, selected: Iterable[str]) -> list[str]:
+def scenarios_for(name: str, selected: Iterable[str], without_adapters: bool | None = None) -> list[str]:
     """The scenarios a row runs: its own, and for a control that covers every scenario
-    (`Fault.controls_every_scenario`) each selected fault's scenarios too."""
+    (`Fault.controls_every_scenario`) each selected fault's scenarios too. With `without_adapters`
+    (the selftest launched the servers), a control covers only the faults that run on the same
+    server as it: those that need a server without LoRA adapters (True; then not its own
+    scenarios) or the others (False)."""
     spec = get(name)
-    own = list(spec.scenarios)
+    own = list(spec.scenarios) if not without_adapters else []
     if spec.kind != "benign" or not spec.controls_every_scenario:
-        return own
-    return list(dict.fromkeys([*own, *(s for f in selected if get(f).kind != "benign" for s in get(f).scenarios)]))
+        return list(spec.scenarios)
+    faults = [get(f) for f in selected if get(f).kind != "benign"]
+    if without_adapters is not None:
+        faults = [f for f in faults if bool(f.without_adapters) is without_adapters]
+    return list(dict.fromkeys([*own, *(s for f in faults for s in f.scenarios)]))
+
+
+WITHOUT_ADAPTERS_ROW = " (without adapters)"
+"""Suffix of a covering control's second row, on the server without LoRA adapters."""
+
+
+def row_plan(faults: list[str], under: str | None, launched: bool) -> list[tuple[str, str, bool]]:
+    """(fault, row name, on the server without LoRA adapters) for every row, in order. Where the
+    selftest launched the servers, a control that covers every scenario gets a second row on the
+    server without adapters when a selected fault runs there (`Fault.without_adapters`)."""
+    plan = []
+    for name in faults:
+        spec = get(name)
+        row = name if under in (None, name) else f"{name}+{under}"
+        plan.append((name, row, launched and bool(spec.without_adapters)))
+        if (launched and spec.kind == "benign" and spec.controls_every_scenario
+                and scenarios_for(name, faults, without_adapters=True)):
+            plan.append((name, row + WITHOUT_ADAPTERS_ROW, True))
+    return plan
 
 
 def overall_ok(judgements: dict[str, Judgement]) -> bool:
@@ -177,7 +202,7 @@ def _timing_checks(target: str, fault: str, seed: int) -> dict[str, str]:
 
 def base_fault(row: str) -> str:
     """The fault a selftest row is about: "flip" for the row "flip+drift" (flip over a benign control)."""
-    return row.split("+", 1)[0]
+    return row.removesuffix(WITHOUT_ADAPTERS_ROW).split("+", 1)[0]
 
 
 def citing_checks(result: RunResult, fault: str | None = None) -> list[str]:
@@ -315,20 +340,21 @@ def selftest(args: argparse.Namespace) -> int:
             console.print(f"[yellow]target lacks {n}[/]: {why}")
         replicas = fleet.traits.replicas if fleet is not None else 0
         plain = LazyServer(stack, console, lora=False)
-        for name in faults:
+        embedded = args.target is None and args.stack == "vllm"
+        for name, row, on_plain in row_plan(faults, under, embedded):
             spec = get(name)
-            row = name if under in (None, name) else f"{name}+{under}"
             console.print(f"[bold]{row}[/] ({spec.kind}) ...")
             url = target
-            if spec.without_adapters and args.target is None and args.stack == "vllm":
+            if on_plain:
+                why = spec.without_adapters or "a control covering the faults that run there"
                 try:
-                    url = plain(f"without LoRA adapters, for {name} and the later rows that need one "
-                                f"({spec.without_adapters})").base_url
+                    url = plain(f"without LoRA adapters, for {row} and the later rows that need one ({why})").base_url
                 except (LaunchError, ProbeError) as exc:
                     console.print(f"error: {exc}")
                     return 2
             out, injected = run_fault(name, url, args.scenarios, args.report_dir / row, args.seed,
-                                      scenarios_for(name, faults), under=under, base=fleet)
+                                      scenarios_for(name, faults, on_plain if embedded else None), under=under,
+                                      base=fleet)
             checks = {r.name: r.verdict.value for r in out.checks}
             timing: dict[str, str] = {}
             notes: list[str] = []
