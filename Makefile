@@ -62,7 +62,7 @@ isolation-check: setup
 # one embedded server per nemesis. Long (about an hour on 2 cores): outside CI and `make test`.
 NEMESES ?= memory-pressure,cache-reset,adapter-churn,restart
 selftest-nemesis: setup
-	$(HARNESS) selftest --nemesis $(NEMESES) --report-dir reports/selftest-nemesis
+	$(HARNESS) selftest --nemesis $(NEMESES) --known-findings known-findings.yaml --report-dir reports/selftest-nemesis
 
 # Headless Chromium for the HTML report tests (Debian package `chromium`); a no-op when present.
 browser:

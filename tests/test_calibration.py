@@ -163,6 +163,7 @@ def test_run_without_power_is_unknown_not_pass() -> None:
     # 6 users: no rate test at this size could see a leak of MAX_MISSED_LEAK_RATE.
     verdict, kinds, ev = _cf(_noisy_history(6, 3, 3, 1))
     assert verdict is Verdict.UNKNOWN and kinds == [] and ev["underpowered"] == 1
+    assert ev["unknown_for_power_only"] == 1  # it held otherwise: what the selftest's benign rows may excuse
 
 
 def test_explicit_tolerance_overrides_the_calibrated_bound() -> None:

@@ -265,3 +265,16 @@ def test_a_covering_control_gets_a_row_on_each_server_the_selftest_launched() ->
     # against a URL: one server, one row each, the control covering everything
     assert [r for _, r, _ in st.row_plan(faults, "drift", False)] == ["swap+drift", "noise+drift", "hostile-5xx+drift"]
     assert "adversarial-tenant.yaml" in st.scenarios_for("noise", faults)
+
+
+def test_a_benign_control_unknown_only_for_power_is_good_and_any_other_unknown_is_not() -> None:
+    """On a nondeterministic target (drift) counterfactual isolation held but had too little power
+    for the leak rate it claims to exclude: UNKNOWN, honest, not a false alarm. Only that excuse
+    is taken: another UNKNOWN check, or a power-UNKNOWN beside a real one, stays bad."""
+    weak = ALL_PASS | {"counterfactual-isolation": "unknown"}
+    j = st.judge("noise", weak, "unknown", {}, power_only=["counterfactual-isolation"])
+    assert j.good and "lack of power" in j.reason
+    assert not st.judge("noise", weak, "unknown", {}).good
+    both = weak | {"exercised": "unknown"}
+    assert not st.judge("noise", both, "unknown", {}, power_only=["counterfactual-isolation"]).good
+    assert not st.judge("noise", weak | {"canary": "fail"}, "fail", {}, power_only=["counterfactual-isolation"]).good

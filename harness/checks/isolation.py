@@ -153,6 +153,7 @@ def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
         result.verdict = Verdict.UNKNOWN  # fail closed: a pair never observed was not shown to be isolated
     if result.verdict is Verdict.PASS and result.evidence.get("underpowered"):
         result.verdict = Verdict.UNKNOWN  # fail closed: the run could have missed the leaks it claims to exclude
+        result.evidence["unknown_for_power_only"] = 1  # it held otherwise (the selftest's benign rows read this)
     return result
 
 

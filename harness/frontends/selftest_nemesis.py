@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.faults import get
-from harness.frontends.commands.selftest import LazyServer, citing_checks, judge, run_fault
+from harness.frontends.commands.selftest import LazyServer, citing_checks, judge, power_only, run_fault
 from harness.nemesis import NemesisError, parse_nemeses
 from harness.nemesis.runner import embedded_adapters
 from harness.nemesis.server import NEEDS_ADAPTERS, embedded_options
@@ -100,10 +100,11 @@ def _cell(args: argparse.Namespace, fault: str, nemesis: str, server: EmbeddedSe
           lacking: dict[str, str]) -> dict[str, Any]:
     """One fault under one nemesis: the row's judgement, and whether the nemesis acted."""
     out, injected = run_fault(fault, server.base_url, args.scenarios, args.report_dir / nemesis / fault, args.seed,
-                              base=server, nemesis=(nemesis,), adapter_sources=embedded_adapters(server))
+                              base=server, nemesis=(nemesis,), adapter_sources=embedded_adapters(server),
+                              known_findings=getattr(args, "known_findings", None))
     checks = {r.name: r.verdict.value for r in out.checks}
     j = judge(fault, checks, out.verdict.value, lacking, injections=injected, error=out.error,
-              skipped=out.skipped or None, cited=citing_checks(out))
+              skipped=out.skipped or None, cited=citing_checks(out), power_only=power_only(out))
     acted = out.check("nemesis")
     evidence = dict(acted.evidence) if acted is not None else {}
     good, reason = j.good, j.reason

@@ -73,7 +73,8 @@ class Judgement:
 
 def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str, str], *,
           audit_checks: Iterable[str] = (), injections: int | None = None, error: str | None = None,
-          skipped: dict[str, str] | None = None, cited: Iterable[str] | None = None) -> Judgement:
+          skipped: dict[str, str] | None = None, cited: Iterable[str] | None = None,
+          power_only: Iterable[str] = ()) -> Judgement:
     """Decide one row from its check verdicts and what the target lacks (need -> why, see `offered`).
 
     A fault: detected is good, and detected means injections > 0 (when counted) and one of the
@@ -83,7 +84,9 @@ def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str
     n/a (good, not applicable); otherwise bad. A benign control: bad on any FAIL, a run that stopped
     early or skipped a scenario, or an UNKNOWN in a check whose needs the target offers (or that
     names no needs); good otherwise. Checks in `audit_checks` (the timing audit) count for FAILs only, as
-    they always did: their UNKNOWN says the measurement had no power, not that the run was wrong."""
+    they always did: their UNKNOWN says the measurement had no power, not that the run was wrong. So
+    do checks in `power_only` for a benign control: UNKNOWN only because, on a nondeterministic
+    target, the run had too little power for the leak rate it claims to exclude (it held otherwise)."""
     spec = get(name)
     needs_of = check_needs()
     failed = [c for c, v in checks.items() if v == "fail"]
@@ -118,11 +121,15 @@ def judge(name: str, checks: dict[str, str], run_verdict: str, lacking: dict[str
         return Judgement(False, run_verdict, f"the run stopped early: {error}")
     if skipped:
         return Judgement(False, run_verdict, f"scenario(s) skipped: {', '.join(sorted(skipped))}")
-    unknown = [c for c, v in checks.items() if v == "unknown" and c not in set(audit_checks)]
+    weak = [c for c, v in checks.items() if v == "unknown" and c in set(power_only)]
+    unknown = [c for c, v in checks.items() if v == "unknown" and c not in set(audit_checks) | set(weak)]
     excused = {c: [n for n in needs_of.get(c, ()) if n in lacking] for c in unknown}
     unexcused = [c for c in unknown if not excused[c]]
     if unexcused:
         return Judgement(False, run_verdict, f"UNKNOWN with every capability it needs present: {', '.join(unexcused)}")
+    if weak and not unknown:
+        return Judgement(True, run_verdict, f"UNKNOWN only for lack of power against the target's own noise: "
+                                            f"{', '.join(weak)} held otherwise")
     if unknown:
         parts = ", ".join(f"{c} ({'+'.join(excused[c])})" for c in unknown)
         return Judgement(True, run_verdict, f"UNKNOWN only where the target lacks a capability: {parts}")
@@ -205,6 +212,11 @@ def base_fault(row: str) -> str:
     return row.removesuffix(WITHOUT_ADAPTERS_ROW).split("+", 1)[0]
 
 
+def power_only(result: RunResult) -> list[str]:
+    """The checks of `result` that are UNKNOWN only for lack of statistical power (they held otherwise)."""
+    return [r.name for r in result.checks if r.verdict is Verdict.UNKNOWN and r.evidence.get("unknown_for_power_only")]
+
+
 def citing_checks(result: RunResult, fault: str | None = None) -> list[str]:
     """The FAILed checks with a violation that names an operation the fault proxy changed (only
     `fault`'s injections, when given: a benign control underneath changes operations too)."""
@@ -237,7 +249,8 @@ class LazyServer:
 def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int,
               files: list[str] | None = None, under: str | None = None,
               base: Stack | None = None, nemesis: tuple[str, ...] = (),
-              adapter_sources: dict[str, Path] | None = None) -> tuple[RunResult, int]:
+              adapter_sources: dict[str, Path] | None = None,
+              known_findings: Path | None = None) -> tuple[RunResult, int]:
     """One fault's run: its scenarios (or `files`) through `FaultedStack` and the engine, reports
     written to `out_dir`; the result and how many injections of `name` it recorded. With `under`,
     a benign fault's proxy sits between the fault's proxy and the target (the target's own
@@ -253,7 +266,7 @@ def run_fault(name: str, target: str, scenarios: Path, out_dir: Path, seed: int,
     # Asking for a nemesis is consent to its disruptive acts (cache resets) on a target not launched here.
     options = RunOptions(replay_incidents=True, nemesis=nemesis, adapter_sources=adapter_sources,
                          allow_disruptive=bool(nemesis))
-    result = run_files([scenarios / s for s in chosen], stack, options, out_dir,
+    result = run_files([scenarios / s for s in chosen], stack, options, out_dir, known_findings,
                        console=Console(stderr=True, quiet=True))
     return result, sum(isinstance(e, FaultInjection) and e.fault == name for e in result.history.events)
 
@@ -275,6 +288,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nemesis", default=None, metavar="NAME[,NAME]",
                    help="the fault x nemesis matrix: every fault (and benign control) again under each nemesis, "
                    "on an embedded server launched for each (README, \"Nemeses\"); --no-timing implied")
+    p.add_argument("--known-findings", type=Path, default=None, metavar="FILE",
+                   help="acknowledged server bugs (e.g. known-findings.yaml), matched by exact signature in every "
+                   "row as in `kvbleed run`: a benign control on the adversarial scenario can PASS on a server whose "
+                   "known 500 it provokes, and a fault must still be detected by its own violations")
     p.add_argument("--no-timing", action="store_true",
                    help="skip the timing audit (run through "
                    f"{', '.join(f.name for f in all_faults() if f.timing_audit)}; about a minute each)")
@@ -354,7 +371,7 @@ def selftest(args: argparse.Namespace) -> int:
                     return 2
             out, injected = run_fault(name, url, args.scenarios, args.report_dir / row, args.seed,
                                       scenarios_for(name, faults, on_plain if embedded else None), under=under,
-                                      base=fleet)
+                                      base=fleet, known_findings=args.known_findings)
             checks = {r.name: r.verdict.value for r in out.checks}
             timing: dict[str, str] = {}
             notes: list[str] = []
@@ -366,7 +383,8 @@ def selftest(args: argparse.Namespace) -> int:
                     timing = _timing_checks(target, name, args.seed)
                     checks.update(timing)
             j = judge(name, checks, out.verdict.value, lacking, audit_checks=timing, injections=injected,
-                      error=out.error, skipped=out.skipped or None, cited=citing_checks(out, name))
+                      error=out.error, skipped=out.skipped or None, cited=citing_checks(out, name),
+                      power_only=power_only(out))
             judgements[row] = j
             needs = [n.value for n in spec.needs]
             rows[row] = {
