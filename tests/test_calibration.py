@@ -15,7 +15,7 @@ from scipy.stats import fisher_exact
 
 from bench.fake_server import FakeServer, SpawnedServer
 from harness import engine
-from harness.calibration.judge import MAX_MISSED_LEAK_RATE
+from harness.calibration.judge import MAX_MISSED_LEAK_RATE, MIN_AA_DIVERGENCES
 from harness.calibration.profile import MARGIN_SLACK, identical, noise_profile
 from harness.calibration.stats import any_change_rate, fisher_greater, min_detectable_rate, power
 from harness.checks.base import CheckContext, get
@@ -148,8 +148,18 @@ def test_noisy_target_still_fails_a_token_outside_the_top_logprobs() -> None:
 
 def test_noisy_target_fails_a_margin_beyond_what_a_b_showed() -> None:
     # A/A flips happened at 0.05 nats; a flip at 0.5 nats is beyond MARGIN_SLACK x 0.05.
-    verdict, kinds, _ = _cf(_noisy_history(60, 3, 18, 1, cf_margin=0.5))
+    verdict, kinds, _ = _cf(_noisy_history(60, 3, MIN_AA_DIVERGENCES, 1, cf_margin=0.5))
     assert verdict is Verdict.FAIL and kinds == ["observed-margin"]
+
+
+def test_a_margin_bound_from_too_few_a_a_divergences_is_unknown_not_fail() -> None:
+    """Seen under the drift control: 10 A/A divergences gave a bound of 0.036 nats and a benign flip
+    at 0.044 FAILed the run. Below MIN_AA_DIVERGENCES the largest A/A margin does not bound the
+    noise: such a divergence is UNKNOWN; a token outside the top logprobs still FAILs."""
+    verdict, kinds, ev = _cf(_noisy_history(60, 3, MIN_AA_DIVERGENCES - 1, 1, cf_margin=0.5))
+    assert verdict is Verdict.UNKNOWN and kinds == [] and ev["margin_unbounded"] == 1
+    verdict, kinds, _ = _cf(_noisy_history(60, 3, MIN_AA_DIVERGENCES - 1, 1, cf_token=X))
+    assert verdict is Verdict.FAIL and kinds == ["outside-reference-top"]
 
 
 def test_noisy_target_fails_a_divergence_rate_beyond_chance() -> None:
@@ -173,7 +183,7 @@ def test_explicit_tolerance_overrides_the_calibrated_bound() -> None:
 
 
 def test_solo_comparison_is_judged_against_the_same_bound() -> None:
-    h = _noisy_history(60, 3, 18, 0)
+    h = _noisy_history(60, 3, MIN_AA_DIVERGENCES, 0)
     names = [f"u{i}" for i in range(60)]
     h.records.append(info("solo", dict.fromkeys(names, 0), isolation="salt"))
     h.records.extend(_conv("solo", u, B if i < 2 else A) for i, u in enumerate(names))

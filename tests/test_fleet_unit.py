@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -181,3 +182,18 @@ def test_a_fleet_whose_ledgers_stayed_empty_still_says_it_is_a_fleet(tmp_path: P
     assert [type(r) for r in records] == [ReplicaAttribution]
     first, second = two_users()
     assert run_accounting(first, second, *records).verdict is Verdict.UNKNOWN
+
+
+def test_a_failed_source_without_ids_takes_those_of_an_identical_request() -> None:
+    """Seen under the drift control: a victim answered 500 by the proxy (after the server computed
+    it) came back without prompt ids, so its A/A repeat's hit on the same prompt looked unexplained
+    and cache accounting FAILed a correct server. A failed request takes the ids of an identical
+    request of the run, as a hit without ids does; it may then explain a hit."""
+    body = {"prompt": "doc question"}
+    failed = op("main", "u1", [], ok=False, cached=None, request=body, invoke_s=0.0, complete_s=1.0)
+    failed = replace(failed, prompt_token_ids=None)
+    repeat = op("aa-1", "u1", [8], prompt=[*SHARED, 1], cached=64, request=body, invoke_s=2.0, complete_s=3.0,
+                ttft_s=0.5)
+    result = accounting(history(info("main", {"u1": 0}), failed, repeat), CTX)
+    assert result.verdict is Verdict.PASS, result.notes
+    assert result.evidence["hits_ids_from_identical_request"] == 1

@@ -15,6 +15,13 @@ from harness.calibration.stats import ALPHA, POWER, any_change_rate, fisher_grea
 from harness.checks.compare import DEFAULT_TOLERANCE
 from harness.verdict import CheckResult, Violation
 
+MIN_AA_DIVERGENCES = 20
+"""A/A divergences needed before their largest margin bounds the noise: from n of them, the next
+noise flip exceeds the largest with probability about 1/(n+1). With fewer, a divergence beyond
+`MARGIN_SLACK` times that margin (its token still in the reference's top logprobs) is neither
+shown to be noise nor shown to be a leak: the check is UNKNOWN, never FAIL on a guess."""
+MARGIN_KINDS = frozenset({"reference-margin", "observed-margin"})
+"""Divergences that are violations only because a margin exceeded the bound."""
 MAX_MISSED_LEAK_RATE = 0.3
 """The leak rate a run claims to exclude: a leak that makes at least this fraction of the compared
 conversations diverge (beyond the noise) must be detected with probability `POWER`; a run that
@@ -76,3 +83,24 @@ def rate_test(profile: NoiseProfile, result: CheckResult, drifted: list[list[str
             f"not enough power: with {n1} counterfactual and {n0} A/A conversations at an A/A rate of "
             f"{profile.rate:.2f}, the rate test sees {seen} with probability {POWER:g}; the run claims to "
             f"exclude {MAX_MISSED_LEAK_RATE:g}")
+
+
+def unbounded_margins(profile: NoiseProfile, tolerance: float, result: CheckResult) -> None:
+    """On a noisy target whose A/A runs showed fewer than MIN_AA_DIVERGENCES divergences, the
+    margin violations of `result` are taken out (kept in the evidence and notes): the bound they
+    exceeded rests on too few samples. The check cannot PASS then (see `MIN_AA_DIVERGENCES`)."""
+    if is_override(tolerance) or not profile.calibrated or profile.deterministic:
+        return
+    samples = len(profile.margins) // 2
+    if samples >= MIN_AA_DIVERGENCES:
+        return
+    moved = [v for v in result.violations if v.details.get("divergence") in MARGIN_KINDS]
+    if not moved:
+        return
+    result.violations = [v for v in result.violations if v not in moved]
+    result.evidence["margin_unbounded"] = len(moved)
+    result.notes.append(
+        f"{len(moved)} divergence(s) beyond the near-tie bound only by their margin (first: {moved[0].message}); "
+        f"the bound rests on {samples} A/A divergence(s), fewer than {MIN_AA_DIVERGENCES}: neither shown to be "
+        "noise nor shown to be a leak")
+

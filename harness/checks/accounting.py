@@ -173,9 +173,10 @@ OUTPUT_ONLY_FIELDS = frozenset({
 
 
 def with_recovered_prompt_ids(ops: list[Operation]) -> tuple[list[Operation], int]:
-    """Give a hit that came without prompt ids the ids the server reported for an identical request
-    in the same run (same endpoint, served model and body but for `OUTPUT_ONLY_FIELDS`): the same
-    text through the same tokenizer path has the same ids. Returns the ops and how many got ids."""
+    """Give a hit that came without prompt ids, and a failed request (which may have filled the cache
+    before it failed, so it may explain a hit), the ids the server reported for an identical request
+    (same endpoint, served model and body but for `OUTPUT_ONLY_FIELDS`): the same text through the
+    same tokenizer path has the same ids. Returns the ops and how many got ids."""
     def key(o: Operation) -> str | None:
         if not isinstance(o.request, dict):
             return None
@@ -192,7 +193,8 @@ def with_recovered_prompt_ids(ops: list[Operation]) -> tuple[list[Operation], in
             known.setdefault(k, o.prompt_token_ids or [])
     out, recovered = [], 0
     for o in ops:
-        k = key(o) if o.prompt_token_ids is None and o.cached_tokens else None
+        # a hit to check, or a failed request that may have filled the cache before failing (a source)
+        k = key(o) if o.prompt_token_ids is None and (o.cached_tokens or not o.ok) else None
         if k is not None and k in known:
             out.append(replace(o, prompt_token_ids=known[k]))
             recovered += 1
@@ -256,7 +258,8 @@ def accounting(history: History, ctx: CheckContext) -> CheckResult:
     ev = result.evidence
     if recovered:
         ev["hits_ids_from_identical_request"] = recovered
-        result.notes.append(f"{recovered} hit(s) without prompt ids took the ids of an identical request of the run")
+        result.notes.append(f"{recovered} request(s) without prompt ids (hits, or failed requests as possible sources) "
+                            "took the ids of an identical request of the run")
     blind = [o for o in ops if o.cached_tokens and o.prompt_token_ids is None]
     if blind:
         ev["hits_without_ids"] = len(blind)

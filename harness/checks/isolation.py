@@ -86,6 +86,8 @@ def _id_provenance(ops: list[Operation], result: CheckResult) -> None:
 def _decide(result: CheckResult, what: str) -> CheckResult:
     if result.violations:
         result.verdict = Verdict.FAIL
+    elif result.evidence.get("margin_unbounded"):
+        result.verdict = Verdict.UNKNOWN  # fail closed: divergences neither shown noise nor shown leaks
     elif result.exercised == 0:
         result.verdict = Verdict.UNKNOWN
         result.notes.append(f"no {what} could be made")
@@ -118,7 +120,7 @@ def _coverage(scenario: str, main: RunInfo | None, observed: set[tuple[str, str]
        "a user's outputs do not change when other users' private content is re-drawn (shared prefixes kept)",
        needs=(Need.TOKEN_IDS,), compares_outputs=True)
 def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
-    from harness.calibration.judge import judging_tolerance, rate_test  # imports harness.checks itself
+    from harness.calibration.judge import judging_tolerance, rate_test, unbounded_margins  # imports harness.checks
     from harness.calibration.profile import noise_profile
 
     result = CheckResult("", Verdict.UNKNOWN)
@@ -147,6 +149,7 @@ def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
         result.notes.append("no scenario has users of two tenants: no cross-tenant influence to observe")
         return result
     rate_test(profile, result, drifted)
+    unbounded_margins(profile, ctx.tolerance, result)
     _decide(result, "counterfactual comparisons")
     if result.verdict is Verdict.PASS and result.evidence.get("pairs_observable", 0) < result.evidence.get(
             "pairs_present", 0):
@@ -161,11 +164,12 @@ def counterfactual(history: History, ctx: CheckContext) -> CheckResult:
        "each conversation replayed alone with no cache reuse gives the same tokens as in the busy run",
        needs=(Need.TOKEN_IDS, Need.COLD_REFERENCE), compares_outputs=True)
 def transparency(history: History, ctx: CheckContext) -> CheckResult:
-    from harness.calibration.judge import judging_tolerance  # imports harness.checks itself
+    from harness.calibration.judge import judging_tolerance, unbounded_margins  # imports harness.checks itself
     from harness.calibration.profile import noise_profile
 
     result = CheckResult("", Verdict.UNKNOWN)
-    tolerance = judging_tolerance(noise_profile(history), ctx.tolerance, result)
+    profile = noise_profile(history)
+    tolerance = judging_tolerance(profile, ctx.tolerance, result)
     warm = []
     for scenario in history.scenarios():
         solo = history.run_info(scenario, "solo")
@@ -176,6 +180,7 @@ def transparency(history: History, ctx: CheckContext) -> CheckResult:
         _compare_conversations("cache-transparency", scenario, "solo", history.ops_of(scenario, "solo"), "main",
                                history.ops_of(scenario, "main"), set(solo.variants), tolerance, result)
     _id_provenance([o for o in history.ops if o.role in (Role.MAIN, Role.SOLO)], result)
+    unbounded_margins(profile, ctx.tolerance, result)
     _decide(result, "solo-replay comparisons")
     if warm and result.verdict is Verdict.PASS:
         # Fail closed: a reference that may itself have reused cache cannot show transparency.
