@@ -290,8 +290,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    "on an embedded server launched for each (README, \"Nemeses\"); --no-timing implied")
     p.add_argument("--known-findings", type=Path, default=None, metavar="FILE",
                    help="acknowledged server bugs (e.g. known-findings.yaml), matched by exact signature in every "
-                   "row as in `kvbleed run`: a benign control on the adversarial scenario can PASS on a server whose "
-                   "known 500 it provokes, and a fault must still be detected by its own violations")
+                   "row as in `kvbleed run`: a known 500 that a benign control provokes on the adversarial scenario "
+                   "does not FAIL it, and a fault must still be detected by its own violations")
     p.add_argument("--no-timing", action="store_true",
                    help="skip the timing audit (run through "
                    f"{', '.join(f.name for f in all_faults() if f.timing_audit)}; about a minute each)")
