@@ -382,7 +382,8 @@ def selftest(args: argparse.Namespace) -> int:
                     console.print(f"[bold]{name}[/]: timing audit (salted) ...")
                     timing = _timing_checks(target, name, args.seed)
                     checks.update(timing)
-            j = judge(name, checks, out.verdict.value, lacking, audit_checks=timing, injections=injected,
+            j = judge(name, checks, out.verdict.value, plain.lacking if on_plain else lacking, audit_checks=timing,
+                      injections=injected,
                       error=out.error, skipped=out.skipped or None, cited=citing_checks(out, name),
                       power_only=power_only(out))
             judgements[row] = j
