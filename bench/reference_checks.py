@@ -78,7 +78,8 @@ def accounting(history: History) -> CheckResult:
         return result
     if recovered:
         result.evidence["hits_ids_from_identical_request"] = recovered
-        result.notes.append(f"{recovered} hit(s) without prompt ids took the ids of an identical request of the run")
+        result.notes.append(f"{recovered} request(s) without prompt ids (hits, or failed requests as possible sources) "
+                            "took the ids of an identical request of the run")
     blind = [o for o in ops if o.cached_tokens and o.prompt_token_ids is None]
     if blind:
         result.evidence["hits_without_ids"] = len(blind)
