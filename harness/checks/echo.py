@@ -38,14 +38,15 @@ def prompt_content(op: Operation) -> str | None:
 def prompt_echo(history: History, ctx: CheckContext) -> CheckResult:
     result = CheckResult("", Verdict.UNKNOWN)
     ops = [o for o in history.ops if o.ok and not o.role.hostile]
-    echoed = [o for o in ops if o.prompt_token_ids and prompt_content(o) is not None]
+    contents = {o.op_id: c for o in ops if o.prompt_token_ids and (c := prompt_content(o)) is not None}
+    echoed = [o for o in ops if o.op_id in contents]
     if not echoed:
         result.notes.append("no response reported its prompt token ids" if ops else "no request succeeded")
         return result
     groups: dict[tuple[str, tuple[int, ...]], dict[str, list[Operation]]] = {}
     for o in echoed:
         key = (o.endpoint, tuple(o.prompt_token_ids or ()))
-        groups.setdefault(key, {}).setdefault(prompt_content(o) or "", []).append(o)
+        groups.setdefault(key, {}).setdefault(contents[o.op_id], []).append(o)
     result.exercised = len(echoed)
     result.evidence.update({"responses": len(echoed), "distinct_prompt_ids": len(groups),
                             "without_prompt_ids": len(ops) - len(echoed)})
