@@ -24,6 +24,7 @@ from harness.adversary.boundary import Bisection, probe_name
 from harness.adversary.cases import Case
 from harness.client import GenerationRequest, TargetClient
 from harness.driver.driver import now
+from harness.driver.gate import Gate
 from harness.driver.sink import Sink
 from harness.history.record import Operation, Role
 from harness.scenario.model import Scenario
@@ -71,10 +72,13 @@ def op_name(case: Case, copy: int) -> str:
 
 async def run_adversary(client: TargetClient, scenario: Scenario, cases: list[Case], base_model: str,
                         history: Sink, role: Role, concurrency: int, on_op: Callable[[Operation], None] | None = None,
-                        prompt: str = " adversary probe with a few words of its own") -> list[list[Member]]:
+                        prompt: str = " adversary probe with a few words of its own",
+                        gate: Gate | None = None) -> list[list[Member]]:
     """Fire `cases` in groups (alone, one at a time, for ADVERSARY_ALONE); each result becomes an
     Operation of the run named after `role`. Returns the groups in which a request got no clean
-    answer (a 5xx or none)."""
+    answer (a 5xx or none). Each request goes through `gate` (the nemesis's: none is sent while it
+    acts on the server, `harness.driver.gate`)."""
+    gate = gate or Gate()
     phase = role.value
     own_salt = "adversary-" + secrets.token_hex(6)
     tenant = scenario.adversary.tenant if scenario.adversary else "adversary"
@@ -98,15 +102,17 @@ async def run_adversary(client: TargetClient, scenario: Scenario, cases: list[Ca
                                 extra=overrides,
                                 headers={**case.headers, "X-Harness-User": tenant, "X-Harness-Tenant": tenant,
                                          "X-Harness-Op": f"{phase}/{scenario.name}/{name}"})
-        invoke = now()
-        result = await client.generate(req)
+        async with gate.passage():
+            invoke = now()
+            result = await client.generate(req)
+            done = now()
         body = req.body()
         salt = body.get("cache_salt")
         op = Operation.from_result(
             result, run=phase, scenario=scenario.name, op_id=f"{phase}/{scenario.name}/{name}", user=tenant,
             tenant=tenant, turn=0, model=str(body.get("model")), endpoint=req.endpoint,
             stream=bool(body.get("stream")), cache_salt=salt if isinstance(salt, str) else None,
-            request=body, invoke_s=invoke, complete_s=now(), borrowed_salt_of=case.victim,
+            request=body, invoke_s=invoke, complete_s=done, borrowed_salt_of=case.victim,
             headers=dict(case.headers))
         history.append(op)
         if on_op:

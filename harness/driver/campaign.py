@@ -103,6 +103,7 @@ async def drive_planned(client: TargetClient, hostile: TargetClient, entries: li
                              snapshot=snapshot)
         sink.append(await metrics_snapshot(client, "before"))
         noisy = False
+        gate = nemesis.gate if nemesis is not None else None
         for p in planned:
             sc, adversary, hp = p.scenario, p.scenario.adversary, p.adversary
             broken: list[Any] = []
@@ -116,15 +117,15 @@ async def drive_planned(client: TargetClient, hostile: TargetClient, entries: li
                         sink.append(RunInfo(Role.ADVERSARY.value, sc.name, spec.nonce, sc.seed, {}, {}, {}, {},
                                             note=plan_note(hp.summary())))
                         broken += await run_adversary(hostile, sc, hp.before, base_model, sink, Role.ADVERSARY, k,
-                                                      opts.on_op, prompt)
+                                                      opts.on_op, prompt, gate)
                     _, more = await asyncio.gather(
                         drive_run(client, spec, sink, opts),
                         run_adversary(hostile, sc, during[victims.index(spec)], base_model, sink, Role.ADVERSARY, k,
-                                      opts.on_op, prompt))
+                                      opts.on_op, prompt, gate))
                     broken += more
                     if Role.of_run(spec.run) is Role.MAIN:
                         broken += await run_adversary(hostile, sc, hp.after, base_model, sink, Role.ADVERSARY, k,
-                                                      opts.on_op, prompt)
+                                                      opts.on_op, prompt, gate)
                 else:
                     await drive_run(client, spec, sink, opts)
                 if Role.of_run(spec.run) is Role.MAIN and len(p.runs) > 1 and calibration_repeats > 0:
@@ -133,7 +134,7 @@ async def drive_planned(client: TargetClient, hostile: TargetClient, entries: li
             if hp and adversary and adversary.alone and broken:
                 progress.update(task, description=f"{sc.name} [{Role.ADVERSARY_ALONE.value}]")
                 await run_adversary(hostile, sc, alone_cases(broken), base_model, sink, Role.ADVERSARY_ALONE, 1,
-                                    opts.on_op, own_prompt(p.runs[0].plans))
+                                    opts.on_op, own_prompt(p.runs[0].plans), gate)
             if hp:
                 sink.append(await health_op(client, sc, base_model))
         sink.append(await metrics_snapshot(client, "after", settle=True))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from harness.client import GenerationRequest, GenerationResult, TargetClient
+from harness.driver.gate import Gate
 from harness.driver.sink import Sink
 from harness.history.record import LIFE_END, LIFE_START, Operation, RunInfo
 from harness.probe.needs import Isolation
@@ -58,7 +59,10 @@ class RunSpec:
 class NemesisHook(Protocol):
     """What acts on the server between operations (`harness.nemesis.runner.NemesisRunner`): called
     before each run, before each operation is launched (with its index in the run's launch order,
-    and a `drain` that waits for every request in flight), and after each run."""
+    and a `drain` that waits for every request in flight), and after each run. Requests sent
+    beside the run (the adversary's) pass through its `gate`, closed while it acts."""
+
+    gate: Gate
 
     async def run_started(self, spec: RunSpec) -> None: ...
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from harness.driver.driver import RunSpec, launch_order, now
+from harness.driver.gate import Gate
 from harness.driver.sink import Sink
 from harness.history.record import NemesisAction, Role
 from harness.nemesis import CONFIG_NEMESES, adapter_churn, cache_reset, memory_pressure
@@ -43,6 +44,9 @@ class NemesisRunner:
         self._initial_recorded = False
         self._enabled: set[str] = set()
         self._positions: dict[str, dict[tuple[str, int], int]] = {}
+        self.gate = Gate()
+        """Closed during a drained act: the adversary's hostile requests hold off, and the act waits
+        for those in flight (`harness.driver.gate`)."""
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -99,10 +103,14 @@ class NemesisRunner:
             await self._ensure(adapter_state(steps, main_index, tuple(self.sources)), spec, main_index)
             return
         due = [s for s in steps if s.index == index]
-        if any(s.drain for s in due):
+        if not any(s.drain for s in due):
+            for s in due:
+                await self._act(s, spec, index)
+            return
+        async with self.gate.closed():  # no hostile request in flight or sent until the acts are done
             await drain()
-        for s in due:
-            await self._act(s, spec, index)
+            for s in due:
+                await self._act(s, spec, index)
 
     # --- acts ---------------------------------------------------------------------------------
 
