@@ -59,7 +59,8 @@ isolation-check: setup
 		$(if $(ADVERSARY_BUDGET),--adversary-budget $(ADVERSARY_BUDGET)) $(HARNESS_ARGS)
 
 # The fault x nemesis matrix (README, "Nemeses"): every fault and benign control under each nemesis,
-# one embedded server per nemesis. Long (about an hour on 2 cores): outside CI and `make test`.
+# one embedded server per nemesis. Long (on 2 cores about an hour for the first three, and 2.5 hours
+# of row time for `restart`, about 50 s per restart): outside CI and `make test`.
 NEMESES ?= memory-pressure,cache-reset,adapter-churn,restart
 selftest-nemesis: setup
 	$(HARNESS) selftest --nemesis $(NEMESES) --known-findings known-findings.yaml --report-dir reports/selftest-nemesis
