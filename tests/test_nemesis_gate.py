@@ -44,6 +44,8 @@ def test_gate_holds_passages_during_an_act_and_the_act_waits_for_those_in_flight
                     await until.wait()
                 log.append(f"{name} out")
 
+        # `asyncio.sleep(0)` below is one turn of the event loop (each task started runs to its
+        # first wait), which fixes the order of arrival; no time is waited for
         first = asyncio.create_task(request("r1", release))
         await asyncio.sleep(0)  # r1 passes
         async def act() -> None:

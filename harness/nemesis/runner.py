@@ -12,6 +12,7 @@ reference is computed by the same weights.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -103,12 +104,11 @@ class NemesisRunner:
             await self._ensure(adapter_state(steps, main_index, tuple(self.sources)), spec, main_index)
             return
         due = [s for s in steps if s.index == index]
-        if not any(s.drain for s in due):
-            for s in due:
-                await self._act(s, spec, index)
-            return
-        async with self.gate.closed():  # no hostile request in flight or sent until the acts are done
-            await drain()
+        drained = any(s.drain for s in due)
+        # a drained act: no hostile request in flight or sent until the acts are done
+        async with self.gate.closed() if drained else contextlib.nullcontext():
+            if drained:
+                await drain()
             for s in due:
                 await self._act(s, spec, index)
 
